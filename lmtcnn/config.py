@@ -1,0 +1,246 @@
+"""Typed configuration: nested dataclasses are the schema, YAML only overrides them.
+
+One loader serves both command lines (`python -m lmtcnn`, `python -m scheduler`): unknown
+keys, wrong types and impossible values become one `UserError` line naming the file and
+the key, before any work starts. `--set a.b=value` overrides go through the same checks.
+"""
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from lmtcnn.errors import UserError
+
+MODEL_TYPES = ("LMTCNN-1-1", "LMTCNN-2-1")
+DEVICES = ("auto", "cpu", "gpu", "npu")
+
+
+@dataclass
+class DataConfig:
+    # Prepared data (`python -m lmtcnn prepare --out`): TFRecords, split lists, manifest.
+    data_dir: str = "data/adience"
+    # When > 0, the scheduler generates this many synthetic faces per fold into
+    # `<data_dir>/raw` and prepares them on first use (demo and tests; never real data).
+    synthetic_per_fold: int = 0
+    synthetic_seed: int = 0
+
+    def validate(self):
+        if not self.data_dir:
+            yield "data_dir", "must name the prepared data directory"
+        if self.synthetic_per_fold < 0:
+            yield "synthetic_per_fold", "must be >= 0 (0 means real prepared data)"
+
+
+@dataclass
+class ModelConfig:
+    type: str = "LMTCNN-1-1"
+    # Network input side in pixels; 227 is the paper's. The flatten size follows it.
+    image_size: int = 227
+    # Probability of dropping an FC activation while training (the seed's `pdrop`).
+    dropout_prob: float = 0.0
+
+    def validate(self):
+        if self.type not in MODEL_TYPES:
+            yield "type", "must be one of %s" % ", ".join(MODEL_TYPES)
+        if not 35 <= self.image_size <= 256:
+            yield "image_size", "must be between 35 and 256 pixels (stored images are 256x256)"
+        if not 0.0 <= self.dropout_prob < 1.0:
+            yield "dropout_prob", "must be in [0, 1)"
+
+
+@dataclass
+class TrainConfig:
+    device: str = "auto"
+    batch_size: int = 32
+    learning_rate: float = 0.01
+    # Staircase decay: lr * decay_rate ** (step // steps_per_decay).
+    decay_rate: float = 0.1
+    steps_per_decay: int = 10000
+    max_steps: int = 50000
+    # > 0 caps training at this many passes over the training split as well.
+    epochs: int = -1
+    momentum: float = 0.9
+    clip_norm: float = 4.0
+    # Loss = CE(age) + CE(gender) + regularization_scale * sum(weight_decay * l2(w)).
+    weight_decay: float = 0.0005
+    regularization_scale: float = 0.01
+    # Warm start (the seed's `pre_checkpoint_path`): restored before the first step.
+    pretrained_checkpoint: str = ""
+    # Where `python -m lmtcnn train` writes `fold_<k>/` (the seed's `model_dir`).
+    # The scheduler ignores it and writes into its run directory.
+    model_dir: str = "models"
+    checkpoint_every_steps: int = 1000
+    keep_checkpoints: int = 3
+    summary_every_steps: int = 100
+    log_every_steps: int = 100
+    # Validation-split evaluation during training; 0 turns it off.
+    eval_every_steps: int = 5000
+    seed: int = 0
+    shuffle_buffer: int = 2000
+    # Parallel image decoding/augmentation calls (the seed's num_preprocess_threads).
+    preprocess_threads: int = 4
+    # TensorFlow intra/inter-op threads on CPU; 0 lets TensorFlow choose.
+    cpu_threads: int = 0
+    # Ascend `precision_mode`; empty keeps the chip's default
+    # (910: allow_fp32_to_fp16, 910B: must_keep_origin_dtype).
+    npu_precision_mode: str = ""
+
+    def validate(self):
+        if self.device not in DEVICES:
+            yield "device", "must be one of %s" % ", ".join(DEVICES)
+        for key in ("batch_size", "steps_per_decay", "max_steps", "checkpoint_every_steps",
+                    "summary_every_steps", "log_every_steps", "keep_checkpoints",
+                    "shuffle_buffer", "preprocess_threads"):
+            if getattr(self, key) <= 0:
+                yield key, "must be > 0"
+        if self.learning_rate <= 0:
+            yield "learning_rate", "must be > 0"
+        if not 0 < self.decay_rate <= 1:
+            yield "decay_rate", "must be in (0, 1]"
+        if not 0 <= self.momentum < 1:
+            yield "momentum", "must be in [0, 1)"
+        for key in ("clip_norm", "weight_decay", "regularization_scale", "eval_every_steps",
+                    "cpu_threads"):
+            if getattr(self, key) < 0:
+                yield key, "must be >= 0"
+        if self.epochs == 0 or self.epochs < -1:
+            yield "epochs", "must be -1 (no cap) or > 0"
+
+
+@dataclass
+class Config:
+    """Everything one fold's training needs."""
+
+    name: str = "lmtcnn"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self):
+        if not self.name or "/" in self.name:
+            yield "name", "must be a non-empty name without '/'"
+
+
+def load_config(path, schema=Config, overrides=(), ignore_keys=()):
+    """Read `path` (YAML) into `schema`, apply `key=value` overrides, validate.
+
+    Args:
+      path: YAML file; an empty file gives the defaults.
+      schema: a dataclass such as `Config` or the scheduler's `RunConfig`.
+      overrides: strings "a.b=value"; the value is read as YAML ("100" -> int).
+      ignore_keys: top-level keys accepted and skipped (another schema's sections).
+    Returns: an instance of `schema`.
+    Raises: UserError naming the file (or --set) and the key.
+    """
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise UserError("%s: no such configuration file; pass a YAML file such as configs/cv5.yaml" % path)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = " line %d" % (mark.line + 1) if mark else ""
+        raise UserError("%s:%s: not valid YAML (%s)" % (path, where, getattr(e, "problem", e)))
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError("%s: the top level must be a mapping of sections (data:, model:, train:)" % path)
+    for key in ignore_keys:
+        raw.pop(key, None)
+    for item in overrides:
+        apply_override(raw, item)
+    return build_config(raw, schema, origin=path)
+
+
+def apply_override(raw, item):
+    """Set "a.b=value" into the nested dict `raw`; the value is parsed as YAML."""
+    if "=" not in item:
+        raise UserError("--set %s: expected key=value, e.g. --set train.max_steps=100" % item)
+    dotted, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    parts = dotted.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError("--set %s: '%s' is not a section" % (item, part))
+        node = child
+    node[parts[-1]] = value
+
+
+def build_config(raw, schema, origin="<config>"):
+    """Turn a plain nested dict into `schema`, checking keys, types and values."""
+    config = _build(schema, raw, origin, prefix="")
+    _validate(config, origin, prefix="")
+    return config
+
+
+def config_to_dict(config):
+    return dataclasses.asdict(config)
+
+
+def dump_config(config):
+    """YAML text that `load_config` reads back into an equal configuration."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False)
+
+
+def _build(cls, raw, origin, prefix):
+    if not isinstance(raw, dict):
+        raise UserError("%s: key '%s' must be a mapping of keys" % (origin, prefix.rstrip(".") or "<top>"))
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in hints:
+            raise UserError("%s: unknown key '%s%s'; known keys here: %s"
+                            % (origin, prefix, key, ", ".join(names)))
+        kwargs[key] = _coerce(hints[key], value, origin, prefix + str(key))
+    return cls(**kwargs)
+
+
+def _coerce(kind, value, origin, key):
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value if value is not None else {}, origin, key + ".")
+    if getattr(kind, "__origin__", None) in (list, typing.List):
+        (item_kind,) = kind.__args__
+        if not isinstance(value, list):
+            raise UserError("%s: key '%s' must be a list, got %r" % (origin, key, value))
+        return [_coerce(item_kind, v, origin, "%s[%d]" % (key, i)) for i, v in enumerate(value)]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            raise UserError("%s: key '%s' must be a number, got the string %r (YAML reads 1e-4 as "
+                            "text: write 1.0e-4)" % (origin, key, value))
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+    else:
+        raise TypeError("unsupported config field type %r" % (kind,))
+    raise UserError("%s: key '%s' must be %s, got %r" % (origin, key, _kind_name(kind), value))
+
+
+def _kind_name(kind):
+    return {bool: "true or false", int: "an integer", float: "a number", str: "text"}[kind]
+
+
+def _validate(config, origin, prefix):
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate(value, origin, prefix + f.name + ".")
+    for key, problem in config.validate() if hasattr(config, "validate") else ():
+        raise UserError("%s: key '%s%s' %s (got %r)" % (origin, prefix, key, problem, getattr(config, key)))

@@ -1,0 +1,79 @@
+"""Which device a fold trains on, and the TensorFlow session configuration for it.
+
+`npu_bridge` (CANN's TF plugin on Ascend hosts) is imported only when the device is an
+NPU; every other machine runs without it. The Ascend runtime picks the chip from
+ASCEND_DEVICE_ID (logical) within ASCEND_RT_VISIBLE_DEVICES, which the scheduler sets
+before TensorFlow loads; standalone, the user's environment applies unchanged.
+"""
+
+import glob
+import importlib.util
+
+from lmtcnn.errors import UserError
+
+
+def npu_present():
+    """An Ascend device node exists and the TF adapter can be imported."""
+    return bool(glob.glob("/dev/davinci[0-9]*")) and importlib.util.find_spec("npu_bridge") is not None
+
+
+def gpu_present():
+    from tensorflow.python.client import device_lib
+
+    return any(d.device_type == "GPU" for d in device_lib.list_local_devices())
+
+
+def resolve_device(requested):
+    """'auto' -> npu, then gpu, then cpu; an explicit device must exist (else UserError)."""
+    if requested == "auto":
+        if npu_present():
+            return "npu"
+        return "gpu" if gpu_present() else "cpu"
+    if requested == "npu":
+        if importlib.util.find_spec("npu_bridge") is None:
+            raise UserError("train.device npu: npu_bridge is not importable; source CANN's set_env.sh "
+                            "(/usr/local/Ascend/ascend-toolkit/set_env.sh) in a TF 1.15 environment, "
+                            "or choose device cpu/gpu")
+        if not glob.glob("/dev/davinci[0-9]*"):
+            raise UserError("train.device npu: no /dev/davinci<N> device on this host; choose cpu/gpu/auto")
+    if requested == "gpu" and not gpu_present():
+        raise UserError("train.device gpu: TensorFlow sees no CUDA GPU on this host "
+                        "(check CUDA_VISIBLE_DEVICES and the CUDA build of TensorFlow); choose cpu/auto")
+    return requested
+
+
+def activate_device(device):
+    """Load the NPU adapter before any graph is built (it registers its ops and passes)."""
+    if device == "npu":
+        importlib.import_module("npu_bridge.npu_init")
+
+
+def session_config(device, cpu_threads=0, npu_precision_mode=""):
+    """A tf.ConfigProto for `device`.
+
+    NPU: the NpuOptimizer custom graph pass in offline mode, with TF's remapping and
+    memory-optimisation rewrites off (they conflict with the adapter's graph partitioning)
+    and soft placement for ops the NPU lacks. Building it needs no npu_bridge, so it is
+    tested on every machine.
+    """
+    from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
+
+    from lmtcnn.tfcompat import tf
+
+    config = tf.ConfigProto(allow_soft_placement=True)
+    if cpu_threads:
+        config.intra_op_parallelism_threads = cpu_threads
+        config.inter_op_parallelism_threads = cpu_threads
+    if device == "npu":
+        npu = config.graph_options.rewrite_options.custom_optimizers.add()
+        npu.name = "NpuOptimizer"
+        npu.parameter_map["use_off_line"].b = True
+        if npu_precision_mode:
+            npu.parameter_map["precision_mode"].s = tf.compat.as_bytes(npu_precision_mode)
+        config.graph_options.rewrite_options.remapping = RewriterConfig.OFF
+        config.graph_options.rewrite_options.memory_optimization = RewriterConfig.OFF
+    elif device == "gpu":
+        config.gpu_options.allow_growth = True
+    else:
+        config.device_count["GPU"] = 0
+    return config

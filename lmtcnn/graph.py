@@ -1,0 +1,57 @@
+"""The training graph of one fold: input, network, loss, optimizer, eval tower, savers."""
+
+import collections
+
+from lmtcnn import input_pipeline
+from lmtcnn.model import WEIGHT_DECAY_COLLECTION, build_lmtcnn
+from lmtcnn.tfcompat import tf
+
+TrainingGraph = collections.namedtuple("TrainingGraph", [
+    "tf_graph", "global_step", "train_op", "loss", "learning_rate",
+    "saver", "weights_saver", "model_variables",
+    "eval_iterator", "eval_files", "eval_padding", "eval_outputs",
+])
+
+
+def multitask_loss(age_logits, gender_logits, ages, genders, train_config):
+    """Mean CE(age) + mean CE(gender), 1:1, plus regularization_scale * weight decay."""
+    age_ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ages, logits=age_logits))
+    gender_ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=genders, logits=gender_logits))
+    decay = tf.add_n([train_config.weight_decay * tf.nn.l2_loss(w)
+                      for w in tf.get_collection(WEIGHT_DECAY_COLLECTION)])
+    return age_ce + gender_ce + train_config.regularization_scale * decay
+
+
+def build_training_graph(config, train_files, stored_size, seed=0):
+    """Graph for training `config` on `train_files`, plus a BN-moving-average eval tower."""
+    tc, mc = config.train, config.model
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.set_random_seed(seed)
+        global_step = tf.train.get_or_create_global_step()
+        images, ages, genders = input_pipeline.train_batches(
+            train_files, tc.batch_size, mc.image_size, stored_size, tc.shuffle_buffer, tc.preprocess_threads, seed)
+        age_logits, gender_logits, _ = build_lmtcnn(images, mc.type, is_training=True,
+                                                    dropout_prob=mc.dropout_prob)
+        loss = multitask_loss(age_logits, gender_logits, ages, genders, tc)
+        learning_rate = tf.train.exponential_decay(tc.learning_rate, global_step, tc.steps_per_decay,
+                                                   tc.decay_rate, staircase=True)
+        optimizer = tf.train.MomentumOptimizer(learning_rate, tc.momentum)
+        grads, variables = zip(*optimizer.compute_gradients(loss))
+        if tc.clip_norm > 0:
+            grads, _ = tf.clip_by_global_norm(grads, tc.clip_norm)
+        # BN moving averages move with every step, as in the reference.
+        with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
+            train_op = optimizer.apply_gradients(zip(grads, variables), global_step=global_step)
+
+        iterator, eval_files, eval_padding, (e_images, e_ages, e_genders, e_valid) = \
+            input_pipeline.eval_batches(tc.batch_size, mc.image_size, stored_size, tc.preprocess_threads)
+        e_age_logits, e_gender_logits, _ = build_lmtcnn(e_images, mc.type, is_training=False)
+
+        model_variables = [v for v in tf.global_variables() if v.op.name.startswith("lmtcnn/")]
+        saver = tf.train.Saver(max_to_keep=tc.keep_checkpoints)
+        # Final weights: the network (with BN statistics) and nothing of the optimizer.
+        weights_saver = tf.train.Saver(model_variables)
+    return TrainingGraph(graph, global_step, train_op, loss, learning_rate, saver, weights_saver,
+                         model_variables, iterator, eval_files, eval_padding,
+                         (e_age_logits, e_gender_logits, e_ages, e_genders, e_valid))

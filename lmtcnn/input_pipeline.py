@@ -1,0 +1,77 @@
+"""tf.data pipelines over the prepared TFRecords, with static batch shapes.
+
+Training: interleaved group files -> shuffle -> repeat -> decode + augment -> batch with
+drop_remainder. Evaluation: every image once, in order; the last batch is padded to full
+size with examples whose `valid` is 0, so shapes stay static (one compiled graph on
+the NPU) and padding never counts.
+"""
+
+from lmtcnn.tfcompat import AUTOTUNE, tf
+
+REFERENCE_CROP = 227.0 / 256.0  # the seed crops 227 out of 256
+
+
+def _parse(serialized):
+    features = tf.parse_single_example(serialized, {
+        "image/encoded": tf.FixedLenFeature([], tf.string),
+        "image/ageclass/label": tf.FixedLenFeature([], tf.int64),
+        "image/genderclass/label": tf.FixedLenFeature([], tf.int64),
+    })
+    image = tf.cast(tf.image.decode_jpeg(features["image/encoded"], channels=3), tf.float32)
+    return image, features["image/ageclass/label"], features["image/genderclass/label"]
+
+
+def _augment(image, image_size, stored_size):
+    """Random crop (227/256 of the side), flip, brightness and contrast, standardise."""
+    crop = int(round(stored_size * REFERENCE_CROP))
+    image = tf.random_crop(tf.reshape(image, [stored_size, stored_size, 3]), [crop, crop, 3])
+    if crop != image_size:
+        image = tf.image.resize_images(image, [image_size, image_size])
+    image = tf.image.random_flip_left_right(image)
+    image = tf.image.random_brightness(image, max_delta=63)
+    image = tf.image.random_contrast(image, lower=0.2, upper=1.8)
+    return tf.image.per_image_standardization(image)
+
+
+def _whole(image, image_size, stored_size):
+    """Test-time view: the whole stored image resized to the input size, standardised."""
+    image = tf.reshape(image, [stored_size, stored_size, 3])
+    if stored_size != image_size:
+        image = tf.image.resize_images(image, [image_size, image_size])
+    return tf.image.per_image_standardization(image)
+
+
+def train_batches(files, batch_size, image_size, stored_size=256, shuffle_buffer=2000, threads=4, seed=0):
+    """Endless (images [b,s,s,3], ages [b], genders [b]) batches from `files`."""
+    ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=len(files), block_length=1)
+    ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
+
+    def prepare(serialized):
+        image, age, gender = _parse(serialized)
+        return _augment(image, image_size, stored_size), age, gender
+
+    ds = ds.map(prepare, num_parallel_calls=threads)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
+    return tf.data.make_one_shot_iterator(ds).get_next()
+
+
+def eval_batches(batch_size, image_size, stored_size=256, threads=4):
+    """An initializable iterator over one split, fed by placeholders.
+
+    Returns (iterator, files placeholder [n], padding placeholder (int64 scalar),
+    (images, ages, genders, valid)). Feed padding = (-count) % batch_size.
+    """
+    files = tf.placeholder(tf.string, [None], name="eval_files")
+    padding = tf.placeholder(tf.int64, [], name="eval_padding")
+
+    def prepare(serialized):
+        image, age, gender = _parse(serialized)
+        return _whole(image, image_size, stored_size), age, gender, tf.constant(1.0)
+
+    ds = tf.data.TFRecordDataset(files).map(prepare, num_parallel_calls=threads)
+    filler = tf.data.Dataset.from_tensors((tf.zeros([image_size, image_size, 3]), tf.constant(0, tf.int64),
+                                           tf.constant(0, tf.int64), tf.constant(0.0))).repeat(padding)
+    ds = ds.concatenate(filler).batch(batch_size, drop_remainder=True).prefetch(2)
+    iterator = tf.data.make_initializable_iterator(ds)
+    return iterator, files, padding, iterator.get_next()

@@ -1,0 +1,186 @@
+"""`python -m lmtcnn prepare`: Adience fold files -> split lists, TFRecords and a manifest.
+
+Each image is decoded and stored once. Images are grouped by their role in each of the
+five test folds (e.g. 'TRVRR': test in fold 0, train in 1, val in 2, ...) and each group
+is one TFRecord file; a split (test fold k, role) reads the groups that hold it. That
+serves both the project's own split (about ten groups) and the authors' lists (whose
+validation sets differ per fold; at most 80 groups) without five copies of the data.
+"""
+
+import collections
+import multiprocessing
+import os
+import sys
+import time
+
+from lmtcnn import adience
+from lmtcnn.errors import UserError
+from lmtcnn.files import read_json, write_json_atomic, write_text_atomic
+
+MANIFEST = "manifest.json"
+STORED_SIZE = 256  # pixels; the authors' records hold 256x256 JPEGs at quality 100
+JPEG_QUALITY = 100
+FEATURE_KEYS = ("image/encoded", "image/filename", "image/ageclass/label",
+                "image/genderclass/label", "image/height", "image/width")
+
+
+def prepare(adience_dir, out_dir, image_set="aligned", workers=None, split_lists="", seed=0,
+            progress=None):
+    """Prepare every fold of an Adience release for training.
+
+    Args:
+      adience_dir: holds fold_<k>_data.txt and the image folders.
+      out_dir: new or empty directory for records/, lists/, manifest.json, skipped.txt.
+      image_set: "aligned" (the authors' choice) or "faces".
+      workers: decoding processes (default: all cores).
+      split_lists: directory of the authors' test_fold_is_<k>/ lists; "" for our own split.
+      seed: chooses the validation subjects of our own split.
+      progress: callable(done, total) for a progress display.
+    Returns: the manifest dict.
+    Raises: UserError for missing fold files, an already prepared `out_dir`, or no images.
+    """
+    if os.path.exists(os.path.join(out_dir, MANIFEST)):
+        raise UserError("%s: already prepared (manifest.json exists); choose another --out or delete it" % out_dir)
+    if image_set not in adience.IMAGE_SETS:
+        raise UserError("--image-set %s: must be one of %s" % (image_set, ", ".join(adience.IMAGE_SETS)))
+    faces_by_fold, dropped = {}, collections.Counter()
+    for fold in range(adience.NUM_FOLDS):
+        faces_by_fold[fold], fold_dropped = adience.read_fold(adience_dir, fold, image_set)
+        dropped.update(fold_dropped)
+    if split_lists:
+        roles, labels = adience.read_split_lists(split_lists)
+        faces = [adience.Face(name, roles[name].index("test") if "test" in roles[name] else None,
+                              name.split("/")[0], age, gender)
+                 for name, (age, gender) in sorted(labels.items())]
+    else:
+        roles = adience.own_split(faces_by_fold, seed=seed)
+        faces = [f for fold in sorted(faces_by_fold) for f in faces_by_fold[fold]]
+    if not faces:
+        raise UserError("%s: no row has a standard age group and m/f gender; nothing to prepare" % adience_dir)
+
+    written, skipped = _write_records(adience_dir, out_dir, image_set, faces, roles, workers, progress)
+    kept = [f for f in faces if f.name in written]
+    if not kept:
+        raise UserError("%s: none of the %d labelled images could be read; see %s"
+                        % (adience_dir, len(faces), os.path.join(out_dir, "skipped.txt")))
+    adience.write_split_lists(os.path.join(out_dir, "lists"), kept, roles)
+    manifest = _manifest(kept, roles, written, dropped, skipped, image_set, split_lists, seed)
+    write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
+    return manifest
+
+
+def _write_records(adience_dir, out_dir, image_set, faces, roles, workers, progress):
+    from lmtcnn.tfcompat import tf
+
+    records_dir = os.path.join(out_dir, "records")
+    os.makedirs(records_dir, exist_ok=True)
+    by_path = {adience.image_path(adience_dir, image_set, f.name): f for f in faces}
+    tasks = [(path, STORED_SIZE, JPEG_QUALITY) for path in by_path]
+    writers, written, skipped = {}, {}, []
+    # Spawned (not forked) workers: the parent may hold TensorFlow, which must not be
+    # copied into children; the workers import only OpenCV.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers or os.cpu_count()) as pool:
+        for done, (path, jpeg, problem) in enumerate(pool.imap(_encode, tasks, chunksize=8), 1):
+            face = by_path[path]
+            if problem:
+                skipped.append((problem, path))
+            else:
+                group = adience.signature(roles[face.name])
+                if group not in writers:
+                    writers[group] = tf.io.TFRecordWriter(os.path.join(records_dir, group + ".tfrecord.tmp"))
+                writers[group].write(_example(tf, face, jpeg).SerializeToString())
+                written[face.name] = "records/%s.tfrecord" % group
+            if progress:
+                progress(done, len(tasks))
+    for group, writer in writers.items():
+        writer.close()
+        final = os.path.join(records_dir, group + ".tfrecord")
+        os.replace(final + ".tmp", final)
+    write_text_atomic(os.path.join(out_dir, "skipped.txt"),
+                      "".join("%s\t%s\n" % item for item in sorted(skipped)))
+    return written, skipped
+
+
+def _encode(task):
+    from lmtcnn.images import encode_face
+
+    return encode_face(task)
+
+
+def _example(tf, face, jpeg):
+    def _bytes(v):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    def _int(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": _bytes(jpeg),
+        "image/filename": _bytes(face.name.encode("utf-8")),
+        "image/ageclass/label": _int(face.age),
+        "image/genderclass/label": _int(face.gender),
+        "image/height": _int(STORED_SIZE),
+        "image/width": _int(STORED_SIZE),
+    }))
+
+
+def _manifest(faces, roles, written, dropped, skipped, image_set, split_lists, seed):
+    folds = {}
+    for k in range(adience.NUM_FOLDS):
+        folds[str(k)] = {}
+        for role in adience.ROLES:
+            members = [f for f in faces if roles[f.name][k] == role]
+            folds[str(k)][role] = {
+                "count": len(members),
+                "files": sorted({written[f.name] for f in members}),
+                "age_counts": [sum(1 for f in members if f.age == a) for a in range(len(adience.AGE_GROUPS))],
+            }
+    return {
+        "format": 1,
+        "image_size": STORED_SIZE,
+        "image_set": image_set,
+        "split": {"source": "lists", "dir": os.path.abspath(split_lists)} if split_lists else {"source": "own", "seed": seed},
+        "images": len(faces),
+        "dropped_rows": dict(dropped),
+        "skipped_images": dict(collections.Counter(problem for problem, _ in skipped)),
+        "folds": folds,
+    }
+
+
+def load_manifest(data_dir):
+    """The manifest of a prepared directory; UserError when it is not prepared."""
+    path = os.path.join(data_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise UserError("%s: no prepared data (manifest.json missing); run "
+                        "`python -m lmtcnn prepare --adience-dir DIR --out %s`" % (data_dir, data_dir))
+    return read_json(path)
+
+
+def split_files(data_dir, fold, role):
+    """(record file paths, image count) of test fold `fold`'s `role` split."""
+    manifest = load_manifest(data_dir)
+    entry = manifest["folds"][str(fold)][role]
+    return [os.path.join(data_dir, f) for f in entry["files"]], entry["count"]
+
+
+class ProgressLine:
+    """'label  done/total  pct  rate' redrawn in place on a terminal, every 10% otherwise."""
+
+    def __init__(self, label, stream=sys.stderr):
+        self.label, self.stream = label, stream
+        self.start = time.time()
+        self.last_decile = -1
+        self.tty = stream.isatty()
+
+    def __call__(self, done, total):
+        decile = done * 10 // max(total, 1)
+        if not self.tty and decile == self.last_decile and done != total:
+            return
+        self.last_decile = decile
+        rate = done / max(time.time() - self.start, 1e-6)
+        text = "%s %d/%d images (%3d%%, %.0f/s)" % (self.label, done, total, 100 * done // max(total, 1), rate)
+        self.stream.write(("\r" + text) if self.tty else text + "\n")
+        if self.tty and done == total:
+            self.stream.write("\n")
+        self.stream.flush()

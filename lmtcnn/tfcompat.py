@@ -1,0 +1,19 @@
+"""TensorFlow's v1 graph API on both lanes: TF 1.15 (Ascend hosts) and TF 2.x.
+
+Every module that builds graphs imports `tf` from here, and only `tf.nn` ops,
+`get_variable` and `tf.data` are used, because `tf.compat.v1.layers`, `tf.contrib` and
+`tf.estimator` are gone on TF 2.16+ and the Ascend adapter supports the plain ops.
+"""
+
+import os
+
+# TF's C++ start-up chatter would bury the progress lines; errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+tf.logging.set_verbosity(tf.logging.ERROR)
+
+AUTOTUNE = tf.data.experimental.AUTOTUNE  # tf.data.AUTOTUNE does not exist in 1.15
+VERSION = tf.VERSION if hasattr(tf, "VERSION") else tf.version.VERSION
+TF2 = int(VERSION.split(".")[0]) >= 2

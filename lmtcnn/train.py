@@ -1,0 +1,218 @@
+"""Train and evaluate one fold on one device: `train(config, fold, workdir, report)`.
+
+The same function runs from `python -m lmtcnn train`, from a test and inside a Ray
+task; it holds no global state and reports progress only through `report`.
+
+Work directory layout (everything one fold produces):
+  checkpoints/   model.ckpt-<step>.* and TF's `checkpoint` index (resume point)
+  tensorboard/   scalar summaries
+  final/         the trained weights without optimizer state (model.ckpt.*)
+  metrics.json   test metrics, written last: its presence means the fold is finished
+"""
+
+import math
+import os
+import time
+
+import numpy as np
+
+from lmtcnn import events
+from lmtcnn.device import activate_device, resolve_device, session_config
+from lmtcnn.errors import TrainingDiverged, UserError
+from lmtcnn.files import write_json_atomic
+from lmtcnn.metrics import compute_metrics
+from lmtcnn.prepare import load_manifest, split_files
+
+METRICS_FILE = "metrics.json"
+
+
+def total_steps(train_config, train_images):
+    """max_steps, capped by `epochs` passes over the training split when epochs > 0."""
+    steps = train_config.max_steps
+    if train_config.epochs > 0:
+        steps = min(steps, int(math.ceil(train_config.epochs * train_images / train_config.batch_size)))
+    return steps
+
+
+def train(config, fold, workdir, report=events.log_report, stop_requested=None):
+    """Train fold `fold` (test fold k of the prepared data) and evaluate it on its test split.
+
+    Args:
+      config: lmtcnn.config.Config.
+      fold: 0..4.
+      workdir: the fold's directory; restarting into it resumes from its last checkpoint.
+      report: callable(event dict) receiving lmtcnn.events records.
+      stop_requested: optional callable -> bool, polled every step; True stops cleanly
+        (checkpoint saved, FOLD_STOPPED reported, KeyboardInterrupt raised).
+    Returns: the test metrics dict (see lmtcnn.metrics.compute_metrics) plus step, wall_s.
+    Raises: UserError for bad data or device, TrainingDiverged for a NaN/Inf loss,
+      KeyboardInterrupt when stopped (after saving a checkpoint).
+    """
+    started = time.time()
+    device = resolve_device(config.train.device)
+    activate_device(device)
+    manifest = load_manifest(config.data.data_dir)
+    train_files, train_count = split_files(config.data.data_dir, fold, "train")
+    if train_count < config.train.batch_size:
+        raise UserError("%s: fold %d has %d training images, fewer than train.batch_size %d"
+                        % (config.data.data_dir, fold, train_count, config.train.batch_size))
+    steps = total_steps(config.train, train_count)
+    os.makedirs(workdir, exist_ok=True)
+
+    from lmtcnn.graph import build_training_graph
+    from lmtcnn.tfcompat import tf
+
+    graph = build_training_graph(config, train_files, manifest["image_size"], seed=config.train.seed + fold)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    tf_config = session_config(device, config.train.cpu_threads, config.train.npu_precision_mode)
+    with graph.tf_graph.as_default(), tf.Session(config=tf_config) as sess:
+        sess.run(tf.global_variables_initializer())
+        start_step = _restore_or_warm_start(sess, graph, ckpt_dir, config.train.pretrained_checkpoint, report)
+        writer = tf.summary.FileWriter(os.path.join(workdir, "tensorboard"), graph=None)
+        report(events.make(events.FOLD_STARTED, device=device, start_step=start_step, total_steps=steps,
+                           train_images=train_count, tf_version=tf.VERSION if hasattr(tf, "VERSION") else ""))
+        step = start_step
+        try:
+            step = _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, report,
+                              stop_requested)
+        except KeyboardInterrupt:
+            if step_saved(sess, graph) > _latest_step(ckpt_dir):
+                _save_checkpoint(sess, graph, ckpt_dir, report)
+            report(events.make(events.FOLD_STOPPED, step=step_saved(sess, graph)))
+            raise
+        finally:
+            writer.close()
+        step = step_saved(sess, graph)
+        if step > _latest_step(ckpt_dir):
+            _save_checkpoint(sess, graph, ckpt_dir, report)
+        graph.weights_saver.save(sess, os.path.join(workdir, "final", "model.ckpt"), write_meta_graph=False)
+        metrics = evaluate_split(sess, graph, config, fold, "test")
+    metrics.update(step=int(step), wall_s=round(time.time() - started, 1), device=device,
+                   batch_norm="moving averages", model_type=config.model.type)
+    write_json_atomic(os.path.join(workdir, METRICS_FILE), metrics)
+    report(events.make(events.FOLD_FINISHED, step=int(step), metrics=metrics, wall_s=metrics["wall_s"]))
+    return metrics
+
+
+def _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, report, stop_requested):
+    from lmtcnn.tfcompat import tf
+
+    tc = config.train
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    # One fixed fetch list every step: on the NPU a new fetch set recompiles the graph,
+    # so summaries are written from these Python values, not from summary ops.
+    fetches = [graph.train_op, graph.loss, graph.learning_rate, graph.global_step]
+    step = start_step
+    window_start, window_step = None, step
+    while step < steps:
+        if stop_requested is not None and stop_requested():
+            raise KeyboardInterrupt("stop requested")
+        _, loss, lr, step = sess.run(fetches)
+        if not np.isfinite(loss):
+            raise TrainingDiverged("fold %d: loss is %s at step %d; lower train.learning_rate or "
+                                   "train.clip_norm" % (fold, loss, step))
+        if window_start is None:
+            # The first step includes graph compilation: time from its end.
+            window_start, window_step = time.time(), step
+        if step % tc.log_every_steps == 0 or step == steps:
+            now = time.time()
+            rate = (step - window_step) * tc.batch_size / max(now - window_start, 1e-9)
+            window_start, window_step = now, step
+            report(events.make(events.STEP_DONE, step=int(step), loss=float(loss), learning_rate=float(lr),
+                               images_per_s=round(rate, 2)))
+        if step % tc.summary_every_steps == 0:
+            writer.add_summary(tf.Summary(value=[tf.Summary.Value(tag="loss", simple_value=float(loss)),
+                                                 tf.Summary.Value(tag="learning_rate", simple_value=float(lr))]),
+                               step)
+        if step % tc.checkpoint_every_steps == 0 and step < steps:
+            _save_checkpoint(sess, graph, ckpt_dir, report)
+        if tc.eval_every_steps and step % tc.eval_every_steps == 0 and step < steps:
+            metrics = evaluate_split(sess, graph, config, fold, "val")
+            report(events.make(events.EVAL_DONE, step=int(step), split="val", metrics=metrics))
+            writer.add_summary(tf.Summary(value=[
+                tf.Summary.Value(tag="val/" + k, simple_value=metrics[k])
+                for k in ("age_top1", "age_top2", "age_one_off", "gender")]), step)
+    return step
+
+
+def step_saved(sess, graph):
+    return int(sess.run(graph.global_step))
+
+
+def evaluate_split(sess, graph, config, fold, role):
+    """Metrics of the current weights (BN moving averages) on `role` of test fold `fold`."""
+    from lmtcnn.tfcompat import tf
+
+    files, count = split_files(config.data.data_dir, fold, role)
+    if count == 0:
+        raise UserError("%s: fold %d has no %s images" % (config.data.data_dir, fold, role))
+    padding = (-count) % config.train.batch_size
+    sess.run(graph.eval_iterator.initializer, {graph.eval_files: files, graph.eval_padding: padding})
+    outputs = []
+    while True:
+        try:
+            outputs.append(sess.run(graph.eval_outputs))
+        except tf.errors.OutOfRangeError:
+            break
+    age_logits, gender_logits, ages, genders, valid = (np.concatenate(parts) for parts in zip(*outputs))
+    keep = valid > 0.5
+    if keep.sum() != count:
+        raise RuntimeError("evaluation read %d images of %s, the manifest lists %d" % (keep.sum(), role, count))
+    return compute_metrics(age_logits[keep], gender_logits[keep], ages[keep], genders[keep])
+
+
+def _latest_step(ckpt_dir):
+    from lmtcnn.tfcompat import tf
+
+    path = tf.train.latest_checkpoint(ckpt_dir)
+    return int(path.rsplit("-", 1)[1]) if path else -1
+
+
+def _save_checkpoint(sess, graph, ckpt_dir, report):
+    # Saver writes each file under a temporary name and renames it, and only then updates
+    # the `checkpoint` index, so a crash mid-save leaves the previous checkpoint usable.
+    path = graph.saver.save(sess, os.path.join(ckpt_dir, "model.ckpt"), global_step=graph.global_step,
+                            write_meta_graph=False)
+    report(events.make(events.CHECKPOINT_SAVED, step=step_saved(sess, graph), path=path))
+
+
+def _restore_or_warm_start(sess, graph, ckpt_dir, pretrained, report):
+    """Resume from the work directory's checkpoint, else warm start, else start fresh."""
+    from lmtcnn.tfcompat import tf
+
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    if latest:
+        graph.saver.restore(sess, latest)
+        report(events.make(events.MESSAGE, text="resumed from %s" % latest))
+        return step_saved(sess, graph)
+    if pretrained:
+        _warm_start(sess, graph, pretrained, report)
+    return 0
+
+
+def _warm_start(sess, graph, pretrained, report):
+    """Restore the variables `pretrained` has with matching shapes; report the others."""
+    from lmtcnn.tfcompat import tf
+
+    source = tf.train.latest_checkpoint(pretrained) if os.path.isdir(pretrained) else pretrained
+    try:
+        reader = tf.train.NewCheckpointReader(source or pretrained)
+    except Exception:
+        raise UserError("train.pretrained_checkpoint %s: not a readable TensorFlow checkpoint" % pretrained)
+    shapes = reader.get_variable_to_shape_map()
+    matched, missing, mismatched = {}, [], []
+    for var in graph.model_variables:
+        name = var.op.name
+        if name not in shapes:
+            missing.append(name)
+        elif list(shapes[name]) != var.shape.as_list():
+            mismatched.append("%s %s!=%s" % (name, shapes[name], var.shape.as_list()))
+        else:
+            matched[name] = var
+    if not matched:
+        raise UserError("train.pretrained_checkpoint %s: no variable matches this model" % pretrained)
+    tf.train.Saver(matched).restore(sess, source or pretrained)
+    report(events.make(events.MESSAGE, text="warm start from %s: restored %d variables; not in checkpoint: %s; "
+                       "shape differs: %s" % (pretrained, len(matched), ", ".join(missing) or "none",
+                                              ", ".join(mismatched) or "none"),
+                       restored=sorted(matched), missing=missing, mismatched=mismatched))
