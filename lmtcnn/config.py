@@ -40,6 +40,9 @@ class ModelConfig:
     image_size: int = 227
     # Probability of dropping an FC activation while training (the seed's `pdrop`).
     dropout_prob: float = 0.0
+    # Moving-average decay of the BN statistics that evaluation uses. The reference's
+    # 0.999 needs thousands of steps to forget the initial (0, 1); short runs want ~0.9.
+    batch_norm_decay: float = 0.999
 
     def validate(self):
         if self.type not in MODEL_TYPES:
@@ -48,6 +51,8 @@ class ModelConfig:
             yield "image_size", "must be between 35 and 256 pixels (stored images are 256x256)"
         if not 0.0 <= self.dropout_prob < 1.0:
             yield "dropout_prob", "must be in [0, 1)"
+        if not 0.0 < self.batch_norm_decay < 1.0:
+            yield "batch_norm_decay", "must be in (0, 1)"
 
 
 @dataclass

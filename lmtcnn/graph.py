@@ -7,7 +7,7 @@ from lmtcnn.model import WEIGHT_DECAY_COLLECTION, build_lmtcnn
 from lmtcnn.tfcompat import tf
 
 TrainingGraph = collections.namedtuple("TrainingGraph", [
-    "tf_graph", "global_step", "train_op", "loss", "learning_rate",
+    "tf_graph", "global_step", "train_op", "step_after", "loss", "learning_rate",
     "saver", "weights_saver", "model_variables",
     "eval_iterator", "eval_files", "eval_padding", "eval_outputs",
 ])
@@ -32,7 +32,7 @@ def build_training_graph(config, train_files, stored_size, seed=0):
         images, ages, genders = input_pipeline.train_batches(
             train_files, tc.batch_size, mc.image_size, stored_size, tc.shuffle_buffer, tc.preprocess_threads, seed)
         age_logits, gender_logits, _ = build_lmtcnn(images, mc.type, is_training=True,
-                                                    dropout_prob=mc.dropout_prob)
+                                                    dropout_prob=mc.dropout_prob, bn_decay=mc.batch_norm_decay)
         loss = multitask_loss(age_logits, gender_logits, ages, genders, tc)
         learning_rate = tf.train.exponential_decay(tc.learning_rate, global_step, tc.steps_per_decay,
                                                    tc.decay_rate, staircase=True)
@@ -43,6 +43,10 @@ def build_training_graph(config, train_files, stored_size, seed=0):
         # BN moving averages move with every step, as in the reference.
         with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
             train_op = optimizer.apply_gradients(zip(grads, variables), global_step=global_step)
+        # The step number after this step's update: a plain fetch of global_step may be
+        # read before the increment (resource variables on TF 2).
+        with tf.control_dependencies([train_op]):
+            step_after = tf.identity(global_step.read_value())
 
         iterator, eval_files, eval_padding, (e_images, e_ages, e_genders, e_valid) = \
             input_pipeline.eval_batches(tc.batch_size, mc.image_size, stored_size, tc.preprocess_threads)
@@ -52,6 +56,6 @@ def build_training_graph(config, train_files, stored_size, seed=0):
         saver = tf.train.Saver(max_to_keep=tc.keep_checkpoints)
         # Final weights: the network (with BN statistics) and nothing of the optimizer.
         weights_saver = tf.train.Saver(model_variables)
-    return TrainingGraph(graph, global_step, train_op, loss, learning_rate, saver, weights_saver,
+    return TrainingGraph(graph, global_step, train_op, step_after, loss, learning_rate, saver, weights_saver,
                          model_variables, iterator, eval_files, eval_padding,
                          (e_age_logits, e_gender_logits, e_ages, e_genders, e_valid))

@@ -12,7 +12,7 @@ from lmtcnn.tfcompat import tf
 NUM_AGES = 8
 NUM_GENDERS = 2
 WIDTHS = {"LMTCNN-1-1": (256, 384), "LMTCNN-2-1": (512, 384)}
-BN_DECAY = 0.999
+BN_DECAY = 0.999  # the reference; short runs need less (model.batch_norm_decay)
 BN_EPSILON = 1e-3
 WEIGHT_DECAY_COLLECTION = "lmtcnn_decayed_weights"  # conv and FC kernels, not heads or biases
 
@@ -37,7 +37,7 @@ class _Recorder:
         return tensor
 
 
-def build_lmtcnn(images, model_type, is_training, dropout_prob=0.0):
+def build_lmtcnn(images, model_type, is_training, dropout_prob=0.0, bn_decay=BN_DECAY):
     """The network on a batch of standardised NHWC float images.
 
     Args:
@@ -46,6 +46,7 @@ def build_lmtcnn(images, model_type, is_training, dropout_prob=0.0):
       is_training: Python bool: batch statistics and moving-average updates (True), or
         the moving averages (False: what evaluation must use).
       dropout_prob: probability of dropping an FC activation while training.
+      bn_decay: moving-average decay of the BN statistics.
     Returns: (age_logits [batch, 8], gender_logits [batch, 2], layers: list of Layer).
     """
     width1, width2 = WIDTHS[model_type]
@@ -55,8 +56,8 @@ def build_lmtcnn(images, model_type, is_training, dropout_prob=0.0):
         x = rec.add("pool1", tf.nn.max_pool(x, [1, 3, 3, 1], [1, 2, 2, 1], "VALID"))
         x = rec.add("norm1", tf.nn.local_response_normalization(x, depth_radius=5, bias=1.0,
                                                                 alpha=1e-4, beta=0.75))
-        x = rec.add("separable1", _separable(x, "separable1", width1, 1, is_training))
-        x = rec.add("separable2", _separable(x, "separable2", width2, 2, is_training))
+        x = rec.add("separable1", _separable(x, "separable1", width1, 1, is_training, bn_decay))
+        x = rec.add("separable2", _separable(x, "separable2", width2, 2, is_training, bn_decay))
         x = rec.add("pool2", tf.nn.max_pool(x, [1, 3, 3, 1], [1, 2, 2, 1], "VALID"))
         flat = int(x.shape[1]) * int(x.shape[2]) * int(x.shape[3])
         x = rec.add("flatten", tf.reshape(x, [-1, flat]))
@@ -76,7 +77,7 @@ def _conv(x, name, size, filters, stride, padding):
         return tf.nn.relu(tf.nn.conv2d(x, kernel, [1, stride, stride, 1], padding) + bias)
 
 
-def _separable(x, name, filters, stride, is_training):
+def _separable(x, name, filters, stride, is_training, bn_decay):
     """Depthwise 3x3 (+bias, ReLU) -> BN -> pointwise 1x1 (+bias, ReLU) -> BN."""
     channels = int(x.shape[-1])
     with tf.variable_scope(name):
@@ -85,16 +86,16 @@ def _separable(x, name, filters, stride, is_training):
             bias = tf.get_variable("biases", [channels], initializer=tf.zeros_initializer())
             _decay(kernel)
             x = tf.nn.relu(tf.nn.depthwise_conv2d(x, kernel, [1, stride, stride, 1], "SAME") + bias)
-            x = _batch_norm(x, is_training)
+            x = _batch_norm(x, is_training, bn_decay)
         with tf.variable_scope("pointwise"):
             kernel = tf.get_variable("weights", [1, 1, channels, filters], initializer=tf.glorot_uniform_initializer())
             bias = tf.get_variable("biases", [filters], initializer=tf.zeros_initializer())
             _decay(kernel)
             x = tf.nn.relu(tf.nn.conv2d(x, kernel, [1, 1, 1, 1], "VALID") + bias)
-            return _batch_norm(x, is_training)
+            return _batch_norm(x, is_training, bn_decay)
 
 
-def _batch_norm(x, is_training):
+def _batch_norm(x, is_training, decay):
     """BN with centre (beta) and no scale, as the reference; moving averages in UPDATE_OPS."""
     channels = int(x.shape[-1])
     with tf.variable_scope("bn"):
@@ -106,9 +107,9 @@ def _batch_norm(x, is_training):
         if is_training:
             mean, var = tf.nn.moments(x, [0, 1, 2])
             tf.add_to_collection(tf.GraphKeys.UPDATE_OPS,
-                                 tf.assign(moving_mean, BN_DECAY * moving_mean + (1 - BN_DECAY) * mean))
+                                 tf.assign(moving_mean, decay * moving_mean + (1 - decay) * mean))
             tf.add_to_collection(tf.GraphKeys.UPDATE_OPS,
-                                 tf.assign(moving_var, BN_DECAY * moving_var + (1 - BN_DECAY) * var))
+                                 tf.assign(moving_var, decay * moving_var + (1 - decay) * var))
         else:
             mean, var = moving_mean, moving_var
         return tf.nn.batch_normalization(x, mean, var, beta, None, BN_EPSILON)

@@ -31,10 +31,11 @@ def draw_face(age, gender, rng):
     contrast = rng.uniform(25, 70)
     y, x = np.mgrid[0:RAW_SIZE, 0:RAW_SIZE].astype(np.float32)
     wave = np.sin(2 * math.pi * (x * math.cos(angle) + y * math.sin(angle)) / period + phase)
-    tint = TINTS[gender] * rng.uniform(0.8, 1.2, size=3)
+    noise = np.random.RandomState(rng.randrange(2 ** 31))
+    tint = TINTS[gender] * noise.uniform(0.8, 1.2, size=3)
     base = rng.uniform(90, 160)
     image = base + contrast * wave[..., None] * tint[None, None, :]
-    image += np.random.RandomState(rng.randrange(2 ** 31)).normal(0, 30, image.shape)
+    image += noise.normal(0, 30, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 

@@ -19,9 +19,11 @@ import numpy as np
 from lmtcnn import events
 from lmtcnn.device import activate_device, resolve_device, session_config
 from lmtcnn.errors import TrainingDiverged, UserError
+from lmtcnn.evaluate import evaluate_split
 from lmtcnn.files import write_json_atomic
-from lmtcnn.metrics import compute_metrics
+from lmtcnn.graph import build_training_graph
 from lmtcnn.prepare import load_manifest, split_files
+from lmtcnn.tfcompat import VERSION, tf
 
 METRICS_FILE = "metrics.json"
 
@@ -59,9 +61,6 @@ def train(config, fold, workdir, report=events.log_report, stop_requested=None):
     steps = total_steps(config.train, train_count)
     os.makedirs(workdir, exist_ok=True)
 
-    from lmtcnn.graph import build_training_graph
-    from lmtcnn.tfcompat import tf
-
     graph = build_training_graph(config, train_files, manifest["image_size"], seed=config.train.seed + fold)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     tf_config = session_config(device, config.train.cpu_threads, config.train.npu_precision_mode)
@@ -70,7 +69,7 @@ def train(config, fold, workdir, report=events.log_report, stop_requested=None):
         start_step = _restore_or_warm_start(sess, graph, ckpt_dir, config.train.pretrained_checkpoint, report)
         writer = tf.summary.FileWriter(os.path.join(workdir, "tensorboard"), graph=None)
         report(events.make(events.FOLD_STARTED, device=device, start_step=start_step, total_steps=steps,
-                           train_images=train_count, tf_version=tf.VERSION if hasattr(tf, "VERSION") else ""))
+                           train_images=train_count, tf_version=VERSION))
         step = start_step
         try:
             step = _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, report,
@@ -95,19 +94,17 @@ def train(config, fold, workdir, report=events.log_report, stop_requested=None):
 
 
 def _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, report, stop_requested):
-    from lmtcnn.tfcompat import tf
-
     tc = config.train
     ckpt_dir = os.path.join(workdir, "checkpoints")
     # One fixed fetch list every step: on the NPU a new fetch set recompiles the graph,
     # so summaries are written from these Python values, not from summary ops.
-    fetches = [graph.train_op, graph.loss, graph.learning_rate, graph.global_step]
+    fetches = [graph.step_after, graph.loss, graph.learning_rate]
     step = start_step
     window_start, window_step = None, step
     while step < steps:
         if stop_requested is not None and stop_requested():
             raise KeyboardInterrupt("stop requested")
-        _, loss, lr, step = sess.run(fetches)
+        step, loss, lr = sess.run(fetches)
         if not np.isfinite(loss):
             raise TrainingDiverged("fold %d: loss is %s at step %d; lower train.learning_rate or "
                                    "train.clip_norm" % (fold, loss, step))
@@ -129,6 +126,7 @@ def _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, re
         if tc.eval_every_steps and step % tc.eval_every_steps == 0 and step < steps:
             metrics = evaluate_split(sess, graph, config, fold, "val")
             report(events.make(events.EVAL_DONE, step=int(step), split="val", metrics=metrics))
+            window_start, window_step = time.time(), step  # images/s measures training only
             writer.add_summary(tf.Summary(value=[
                 tf.Summary.Value(tag="val/" + k, simple_value=metrics[k])
                 for k in ("age_top1", "age_top2", "age_one_off", "gender")]), step)
@@ -139,31 +137,7 @@ def step_saved(sess, graph):
     return int(sess.run(graph.global_step))
 
 
-def evaluate_split(sess, graph, config, fold, role):
-    """Metrics of the current weights (BN moving averages) on `role` of test fold `fold`."""
-    from lmtcnn.tfcompat import tf
-
-    files, count = split_files(config.data.data_dir, fold, role)
-    if count == 0:
-        raise UserError("%s: fold %d has no %s images" % (config.data.data_dir, fold, role))
-    padding = (-count) % config.train.batch_size
-    sess.run(graph.eval_iterator.initializer, {graph.eval_files: files, graph.eval_padding: padding})
-    outputs = []
-    while True:
-        try:
-            outputs.append(sess.run(graph.eval_outputs))
-        except tf.errors.OutOfRangeError:
-            break
-    age_logits, gender_logits, ages, genders, valid = (np.concatenate(parts) for parts in zip(*outputs))
-    keep = valid > 0.5
-    if keep.sum() != count:
-        raise RuntimeError("evaluation read %d images of %s, the manifest lists %d" % (keep.sum(), role, count))
-    return compute_metrics(age_logits[keep], gender_logits[keep], ages[keep], genders[keep])
-
-
 def _latest_step(ckpt_dir):
-    from lmtcnn.tfcompat import tf
-
     path = tf.train.latest_checkpoint(ckpt_dir)
     return int(path.rsplit("-", 1)[1]) if path else -1
 
@@ -178,8 +152,6 @@ def _save_checkpoint(sess, graph, ckpt_dir, report):
 
 def _restore_or_warm_start(sess, graph, ckpt_dir, pretrained, report):
     """Resume from the work directory's checkpoint, else warm start, else start fresh."""
-    from lmtcnn.tfcompat import tf
-
     latest = tf.train.latest_checkpoint(ckpt_dir)
     if latest:
         graph.saver.restore(sess, latest)
@@ -192,8 +164,6 @@ def _restore_or_warm_start(sess, graph, ckpt_dir, pretrained, report):
 
 def _warm_start(sess, graph, pretrained, report):
     """Restore the variables `pretrained` has with matching shapes; report the others."""
-    from lmtcnn.tfcompat import tf
-
     source = tf.train.latest_checkpoint(pretrained) if os.path.isdir(pretrained) else pretrained
     try:
         reader = tf.train.NewCheckpointReader(source or pretrained)

@@ -1,0 +1,77 @@
+"""Evaluation of a fold: on a live session during training, or from a saved checkpoint."""
+
+import collections
+import os
+
+import numpy as np
+
+from lmtcnn import input_pipeline
+from lmtcnn.device import activate_device, resolve_device, session_config
+from lmtcnn.errors import UserError
+from lmtcnn.metrics import compute_metrics
+from lmtcnn.model import build_lmtcnn
+from lmtcnn.prepare import load_manifest, split_files
+from lmtcnn.tfcompat import tf
+
+EvalGraph = collections.namedtuple("EvalGraph", "tf_graph eval_iterator eval_files eval_padding eval_outputs saver")
+
+
+def evaluate_split(sess, graph, config, fold, role):
+    """Metrics of the current weights (BN moving averages) on `role` of test fold `fold`."""
+    files, count = split_files(config.data.data_dir, fold, role)
+    if count == 0:
+        raise UserError("%s: fold %d has no %s images" % (config.data.data_dir, fold, role))
+    padding = (-count) % config.train.batch_size
+    sess.run(graph.eval_iterator.initializer, {graph.eval_files: files, graph.eval_padding: padding})
+    outputs = []
+    while True:
+        try:
+            outputs.append(sess.run(graph.eval_outputs))
+        except tf.errors.OutOfRangeError:
+            break
+    age_logits, gender_logits, ages, genders, valid = (np.concatenate(parts) for parts in zip(*outputs))
+    keep = valid > 0.5
+    if keep.sum() != count:
+        raise RuntimeError("evaluation read %d images of %s, the manifest lists %d" % (keep.sum(), role, count))
+    return compute_metrics(age_logits[keep], gender_logits[keep], ages[keep], genders[keep])
+
+
+def build_eval_graph(config, stored_size):
+    """An evaluation-only graph (BN moving averages) with a saver for the model weights."""
+    graph = tf.Graph()
+    with graph.as_default():
+        iterator, files, padding, (images, ages, genders, valid) = input_pipeline.eval_batches(
+            config.train.batch_size, config.model.image_size, stored_size, config.train.preprocess_threads)
+        age_logits, gender_logits, _ = build_lmtcnn(images, config.model.type, is_training=False)
+        saver = tf.train.Saver([v for v in tf.global_variables() if v.op.name.startswith("lmtcnn/")])
+    return EvalGraph(graph, iterator, files, padding, (age_logits, gender_logits, ages, genders, valid), saver)
+
+
+def find_checkpoint(path):
+    """A checkpoint prefix from a prefix, a fold work directory or a checkpoints/ folder."""
+    if os.path.isdir(path):
+        for candidate in (os.path.join(path, "final", "model.ckpt"),):
+            if os.path.exists(candidate + ".index"):
+                return candidate
+        for folder in (path, os.path.join(path, "checkpoints")):
+            latest = tf.train.latest_checkpoint(folder)
+            if latest:
+                return latest
+    elif os.path.exists(path + ".index"):
+        return path
+    raise UserError("%s: no checkpoint here; pass a checkpoint prefix (model.ckpt-1000) or a fold "
+                    "directory holding final/ or checkpoints/" % path)
+
+
+def evaluate_checkpoint(config, fold, checkpoint, role="test"):
+    """Metrics of `checkpoint` on `role` of test fold `fold`, on the configured device."""
+    device = resolve_device(config.train.device)
+    activate_device(device)
+    prefix = find_checkpoint(checkpoint)
+    graph = build_eval_graph(config, load_manifest(config.data.data_dir)["image_size"])
+    with graph.tf_graph.as_default(), tf.Session(config=session_config(
+            device, config.train.cpu_threads, config.train.npu_precision_mode)) as sess:
+        graph.saver.restore(sess, prefix)
+        metrics = evaluate_split(sess, graph, config, fold, role)
+    metrics.update(checkpoint=prefix, split=role, fold=fold, device=device, batch_norm="moving averages")
+    return metrics
