@@ -100,9 +100,10 @@ def run_summary(args):
 def run_train(args):
     from lmtcnn.config import dump_config, load_config
     from lmtcnn.files import write_text_atomic
-    from lmtcnn.train import train
 
     config = load_config(args.config, overrides=args.set, ignore_keys=("scheduler",))
+    from lmtcnn.train import train  # TensorFlow loads only once the configuration is valid
+
     workdir = args.workdir or os.path.join(config.train.model_dir, "fold_%d" % args.fold)
     write_text_atomic(os.path.join(workdir, "config.yaml"), dump_config(config))
     metrics = train(config, args.fold, workdir)
@@ -112,10 +113,11 @@ def run_train(args):
 
 def run_eval(args):
     from lmtcnn.config import load_config
-    from lmtcnn.evaluate import evaluate_checkpoint
     from lmtcnn.files import write_json_atomic
 
     config = load_config(args.config, overrides=args.set, ignore_keys=("scheduler",))
+    from lmtcnn.evaluate import evaluate_checkpoint
+
     source = args.checkpoint or os.path.join(config.train.model_dir, "fold_%d" % args.fold)
     metrics = evaluate_checkpoint(config, args.fold, source, args.split)
     out = args.out or os.path.join(source if os.path.isdir(source) else os.path.dirname(source),

@@ -1,0 +1,34 @@
+# Quick start: `make demo` (five synthetic folds on Ray with the live dashboard) and
+# `make test`. Both create the virtual environment on first use.
+#   PYTHON=...  interpreter for a new environment (default: Python 3.7 when one is
+#               found - the Ascend hosts' TF 1.15 lane - else the newest python3)
+#   VENV=...    environment directory (default .venv)
+
+VENV ?= .venv
+# Candidates are tried in order; a pyenv shim for an inactive version fails to run and
+# is skipped, so pyenv's own 3.7 install is looked up directly as well.
+PYTHON ?= $(shell for p in python3.7 $$(ls -d $$(pyenv root 2>/dev/null)/versions/3.7*/bin/python3.7 2>/dev/null) \
+	python3.13 python3.12 python3.11 python3.10 python3; do \
+	"$$p" -c 'import sys' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@test -n "$(PYTHON)" || { echo "no Python found; run make PYTHON=/path/to/python3.7 ..."; exit 2; }
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; "$(PYTHON)" -m venv $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m scheduler run configs/demo.yaml
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(PY) bench/input_vs_step.py
+
+clean:
+	rm -rf .venv .venv-tf1 .venv-tf2 .pytest_cache

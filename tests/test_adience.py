@@ -1,0 +1,64 @@
+import collections
+import os
+
+import pytest
+
+from lmtcnn import adience
+from lmtcnn.errors import UserError
+
+
+@pytest.mark.parametrize("text, index", [
+    ("(0, 2)", 0), ("(25, 32)", 4), (" (60, 100) ", 7),
+    ("None", None), ("35", None), ("(38, 42)", None), ("(8, 23)", None), ("(25, 23)", None), ("", None),
+])
+def test_age_labels(text, index):
+    assert adience.parse_age(text) == index
+
+
+@pytest.mark.parametrize("text, index", [("m", 0), ("f", 1), ("u", None), ("", None), ("None", None)])
+def test_gender_labels(text, index):
+    assert adience.parse_gender(text) == index
+
+
+def test_fold_rows_are_kept_or_dropped_by_reason(tmp_path):
+    header = "\t".join(adience.FOLD_HEADER)
+    rows = ["u1\ta.jpg\t1\t(25, 32)\tf\t0\t0\t1\t1\t0\t0\t1",
+            "u1\tb.jpg\t2\tNone\tf\t0\t0\t1\t1\t0\t0\t1",
+            "u2\tc.jpg\t3\t(38, 42)\tm\t0\t0\t1\t1\t0\t0\t1",
+            "u2\td.jpg\t4\t(48, 53)\tu\t0\t0\t1\t1\t0\t0\t1",
+            "u3\te.jpg\t5\t(0, 2)\t\t0\t0\t1\t1\t0\t0\t1",
+            "u3\tf.jpg\t6\t(0, 2)\tm\t0\t0\t1\t1\t0\t0\t1"]
+    (tmp_path / "fold_0_data.txt").write_text("\n".join([header] + rows) + "\n")
+    faces, dropped = adience.read_fold(str(tmp_path), 0)
+    assert [(f.name, f.age, f.gender) for f in faces] == [
+        ("u1/landmark_aligned_face.1.a.jpg", 4, 1), ("u3/landmark_aligned_face.6.f.jpg", 0, 0)]
+    assert dropped == {"age not a standard group": 2, "gender not m/f": 2}
+
+
+def test_missing_fold_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="fold_3_data.txt"):
+        adience.read_fold(str(tmp_path), 3)
+
+
+def test_own_split_is_subject_exclusive_and_deterministic(raw_adience):
+    by_fold = {k: adience.read_fold(raw_adience, k)[0] for k in range(5)}
+    roles = adience.own_split(by_fold, seed=0)
+    assert roles == adience.own_split(by_fold, seed=0)
+    assert roles != adience.own_split(by_fold, seed=1)
+    for k in range(5):
+        users = collections.defaultdict(set)
+        for fold, faces in by_fold.items():
+            for f in faces:
+                users[roles[f.name][k]].add(f.user)
+                assert (roles[f.name][k] == "test") == (fold == k)
+        assert not users["train"] & users["val"] and not users["train"] & users["test"]
+        val = sum(len(users["val"]) for _ in [0])
+        assert val > 0
+        n_val = sum(1 for faces in by_fold.values() for f in faces if roles[f.name][k] == "val")
+        n_pool = sum(len(faces) for fold, faces in by_fold.items() if fold != k)
+        assert 0.08 < n_val / n_pool < 0.2
+
+
+def test_faces_image_set_maps_list_names(tmp_path):
+    path = adience.image_path("/d", "faces", "u1/landmark_aligned_face.3.x.jpg")
+    assert path == os.path.join("/d", "faces", "u1", "coarse_tilt_aligned_face.3.x.jpg")
