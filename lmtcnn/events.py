@@ -9,7 +9,7 @@ import logging
 import time
 
 FOLD_STARTED = "fold_started"          # device, start_step, total_steps, train_images
-STEP_DONE = "step_done"                # step, loss, learning_rate, images_per_s
+STEP_DONE = "step_done"                # step, total_steps, loss, learning_rate, images_per_s
 EVAL_DONE = "eval_done"                # step, split, metrics
 CHECKPOINT_SAVED = "checkpoint_saved"  # step, path
 FOLD_STOPPED = "fold_stopped"          # step (interrupted; a checkpoint holds the step)

@@ -115,8 +115,8 @@ def _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, re
             now = time.time()
             rate = (step - window_step) * tc.batch_size / max(now - window_start, 1e-9)
             window_start, window_step = now, step
-            report(events.make(events.STEP_DONE, step=int(step), loss=float(loss), learning_rate=float(lr),
-                               images_per_s=round(rate, 2)))
+            report(events.make(events.STEP_DONE, step=int(step), total_steps=steps, loss=float(loss),
+                               learning_rate=float(lr), images_per_s=round(rate, 2)))
         if step % tc.summary_every_steps == 0:
             writer.add_summary(tf.Summary(value=[tf.Summary.Value(tag="loss", simple_value=float(loss)),
                                                  tf.Summary.Value(tag="learning_rate", simple_value=float(lr))]),

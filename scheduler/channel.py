@@ -1,0 +1,29 @@
+"""The progress channel: a small actor that fold tasks send events to, drained by the driver.
+
+Tasks call `push.remote(event)` without waiting, so a slow driver never slows training;
+the actor keeps every event in order until the driver collects it. It lives on the
+driver's node, so losing a worker host loses no history.
+"""
+
+import ray
+
+
+@ray.remote(num_cpus=0)
+class ProgressChannel:
+    def __init__(self):
+        self._events = []
+
+    def push(self, event):
+        self._events.append(event)
+
+    def drain(self):
+        events, self._events = self._events, []
+        return events
+
+
+def start_channel():
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return ProgressChannel.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote()

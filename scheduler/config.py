@@ -1,0 +1,51 @@
+"""The run configuration: lmtcnn's sections plus the `scheduler:` section."""
+
+from dataclasses import dataclass, field
+from typing import List
+
+from lmtcnn.config import Config, load_config
+
+PLACEMENTS = ("auto", "npu", "gpu", "cpu")
+
+
+@dataclass
+class SchedulerConfig:
+    # What each fold asks Ray for: one NPU (custom resource "NPU"), one GPU, or CPUs.
+    # auto takes NPU if any node offers one, then GPU, then CPU.
+    device: str = "auto"
+    folds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    # CPUs reserved per fold (input pipeline; the TF thread count when training on CPU).
+    cpus_per_fold: int = 1
+    # Attempts after a worker or host dies; each resumes from the fold's last checkpoint.
+    # A Python error in the fold (bad data, diverged loss) is not retried.
+    max_retries: int = 2
+    # Ray cluster to join ("HOST:6379"); empty starts a local Ray instance.
+    address: str = ""
+    # Run directory; empty means <runs_root>/<name>-<YYYYmmdd-HHMMSS>.
+    run_dir: str = ""
+    runs_root: str = "runs"
+    # Local instance only: NPUs to declare; -1 counts /dev/davinci<N>.
+    local_npus: int = -1
+    # After Ctrl-C, how long folds get to save a checkpoint before they are killed.
+    stop_timeout_s: float = 120.0
+
+    def validate(self):
+        if self.device not in PLACEMENTS:
+            yield "device", "must be one of %s" % ", ".join(PLACEMENTS)
+        if not self.folds or any(not 0 <= k <= 4 for k in self.folds) or len(set(self.folds)) != len(self.folds):
+            yield "folds", "must list distinct folds from 0 to 4"
+        if self.cpus_per_fold < 0:
+            yield "cpus_per_fold", "must be >= 0"
+        if self.max_retries < 0:
+            yield "max_retries", "must be >= 0"
+        if self.stop_timeout_s <= 0:
+            yield "stop_timeout_s", "must be > 0"
+
+
+@dataclass
+class RunConfig(Config):
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+def load_run_config(path, overrides=()):
+    return load_config(path, RunConfig, overrides)

@@ -1,0 +1,272 @@
+"""The Ray driver: submit one task per fold, stream progress, retry, stop, write results."""
+
+import io
+import logging
+import os
+import sys
+import tarfile
+import time
+
+from rich.live import Live
+
+from lmtcnn import events as ev
+from lmtcnn.config import config_to_dict, dump_config
+from lmtcnn.errors import UserError
+from scheduler import placement as pl
+from scheduler import rundir
+from scheduler import state as st
+from scheduler.dashboard import format_event, render
+from scheduler.plan import ensure_data, plan_table
+from scheduler.results import build_results, to_table, write_results
+
+POLL_S = 0.25
+NPU_SYSTEM_CONFIG = {"custom_unit_instance_resources": "neuron_cores,TPU,NPU"}
+
+
+def connect(address, local_npus):
+    """Join `address`, or start a local Ray instance. Returns True when we started it."""
+    import glob
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # Worker output stays in each fold's log.txt; printed here it would tear the live view.
+    options = dict(log_to_driver=False, logging_level=logging.WARNING)
+    if address:
+        ray.init(address=address, **options)
+        return False
+    npus = len(glob.glob("/dev/davinci[0-9]*")) if local_npus < 0 else local_npus
+    major, minor = (int(x) for x in ray.__version__.split(".")[:2])
+    if (major, minor) < (2, 10):
+        # Without it Ray 2.7.2 gives every NPU task instance 0.
+        options["_system_config"] = NPU_SYSTEM_CONFIG
+    ray.init(resources={pl.NPU: npus} if npus else None, **options)
+    return True
+
+
+class Run:
+    """One session of a run directory: new, or resumed with `resume=True`."""
+
+    def __init__(self, config, run_dir, console, live, resumed):
+        self.config, self.run_dir, self.console, self.live_mode = config, run_dir, console, live
+        self.resumed = resumed
+        self.log = rundir.EventLog(run_dir)
+        self.view = st.RunView()
+        self.pending = {}  # ObjectRef -> (fold, attempt)
+        self.notified_unshared = False
+        self.stopping = False  # after Ctrl-C: nothing is retried or resubmitted
+        if resumed:
+            for event in rundir.read_events(run_dir):
+                st.apply(self.view, event)
+
+    def emit(self, event):
+        """Record an event: events.jsonl, the state, and a plain line when not live."""
+        event.setdefault("time", time.time())
+        if event["event"] == ev.MESSAGE and event.get("not_shared") and not self.notified_unshared:
+            self.notified_unshared = True
+            self.emit(ev.make(st.NOTICE, text=event["text"]))
+        self.log.append(event)
+        st.apply(self.view, event)
+        if not self.live_mode:
+            self.console.print(format_event(event), highlight=False, markup=False, soft_wrap=True)
+
+    def drain(self, channel):
+        import ray
+
+        for event in ray.get(channel.drain.remote()):
+            self.emit(event)
+
+    def submit(self, fold, attempt, placement, request, channel, run_id):
+        from scheduler.fold_task import run_fold
+
+        ref = run_fold.options(**pl.task_options(request)).remote(
+            config_to_dict(self.config), fold, attempt, self.run_dir, run_id, placement, channel)
+        self.pending[ref] = (fold, attempt)
+        self.emit(ev.make(st.FOLD_QUEUED, fold=fold, attempt=attempt))
+
+    def collect(self, ref, placement, request, channel, run_id):
+        """Handle one finished task: record success, retry a lost worker, or fail the fold."""
+        import ray
+        from ray.exceptions import RayError, RayTaskError, TaskCancelledError
+
+        fold, attempt = self.pending.pop(ref)
+        try:
+            result = ray.get(ref)
+        except TaskCancelledError:
+            return
+        except RayTaskError as e:  # a Python error inside the fold: retrying would repeat it
+            self.drain(channel)
+            self.emit(ev.make(ev.FOLD_FAILED, fold=fold, attempt=attempt, reason=task_error_reason(e)))
+            return
+        except RayError as e:  # the worker process or its node died
+            self.drain(channel)
+            if self.stopping:
+                return
+            reason = "%s (attempt %d)" % (type(e).__name__, attempt)
+            if attempt <= self.config.scheduler.max_retries:
+                self.emit(ev.make(st.FOLD_RETRYING, fold=fold, attempt=attempt + 1, reason=reason))
+                self.submit(fold, attempt + 1, placement, request, channel, run_id)
+            else:
+                self.emit(ev.make(ev.FOLD_FAILED, fold=fold, attempt=attempt,
+                                  reason="%s; no retries left (scheduler.max_retries %d)"
+                                         % (reason, self.config.scheduler.max_retries)))
+            return
+        if result["archive"] is not None:
+            unpack(result["archive"], rundir.fold_dir(self.run_dir, fold))
+        self.drain(channel)
+        self.emit(result["finished"])
+
+    def refresh(self, live):
+        if live is not None:
+            live.update(render(self.view, time.time()), refresh=True)
+
+
+def task_error_reason(error):
+    cause = getattr(error, "cause", None)
+    if cause is not None:
+        return "%s: %s" % (type(cause).__name__, str(cause).strip().splitlines()[-1] if str(cause).strip() else "")
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def unpack(archive, destination):
+    os.makedirs(destination, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as tar:
+        tar.extractall(destination)
+
+
+def finished_folds(run_dir, folds):
+    """Folds whose metrics.json exists: done in an earlier session, never run again."""
+    from lmtcnn.files import read_json
+    from lmtcnn.train import METRICS_FILE
+
+    done = {}
+    for fold in folds:
+        path = os.path.join(rundir.fold_dir(run_dir, fold), METRICS_FILE)
+        if os.path.isfile(path):
+            done[fold] = read_json(path)
+    return done
+
+
+def run(config, console, resume_dir=None, live=False, dry_run=False):
+    """Run (or resume) the configured folds. Returns the process exit status.
+
+    Raises UserError for problems found before submission (data, resources, run dir).
+    """
+    import ray
+
+    counts = ensure_data(config, say=lambda text: console.print(text, highlight=False))
+    started_ray = connect(config.scheduler.address, config.scheduler.local_npus)
+    try:
+        where = config.scheduler.address or "a local Ray instance"
+        nodes = pl.alive_nodes()
+        placement = pl.choose_placement(config.scheduler.device, nodes)
+        request = pl.resource_request(placement, config.scheduler.cpus_per_fold)
+        pl.check_feasible(request, nodes, where)
+        if dry_run:
+            target = resume_dir or config.scheduler.run_dir or os.path.join(
+                config.scheduler.runs_root, "%s-<time>" % config.name)
+            console.print(plan_table(config, counts, placement, request, target, where))
+            return 0
+        run_dir = resume_dir or rundir.new_run_dir(config)
+        if not resume_dir:
+            rundir.write_config(run_dir, dump_config(config))
+        return _drive(config, console, run_dir, bool(resume_dir), live, placement, request, where, len(nodes))
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _drive(config, console, run_dir, resumed, live_mode, placement, request, where, node_count):
+    from scheduler.channel import start_channel
+
+    run_id = rundir.make_run_id()
+    rundir.record_driver(run_dir, run_id)
+    session = Run(config, run_dir, console, live_mode, resumed)
+    folds = config.scheduler.folds
+    session.emit(ev.make(st.RUN_STARTED, name=config.name, run_dir=run_dir, folds=folds,
+                         placement="%s %s" % (placement, pl.format_request(request)), where=where,
+                         resumed=resumed))
+    if node_count > 1:
+        session.emit(ev.make(st.NOTICE, text="%d nodes: keep the run directory on a filesystem every host "
+                                             "mounts at the same path, or checkpoints die with their host"
+                                             % node_count))
+    done = finished_folds(run_dir, folds)
+    for fold in folds:
+        if fold in done:
+            session.emit(ev.make(st.FOLD_SKIPPED, fold=fold, metrics=done[fold]))
+    channel = start_channel()
+    for fold in folds:
+        if fold not in done:
+            attempt = session.view.folds[fold].attempt + 1 if fold in session.view.folds else 1
+            session.submit(fold, attempt, placement, request, channel, run_id)
+    status = 0
+    live = Live(render(session.view, time.time()), console=console, auto_refresh=False,
+                redirect_stdout=False, redirect_stderr=False) if live_mode else None
+    try:
+        if live is not None:
+            live.start()
+        try:
+            _watch(session, channel, placement, request, run_id, live)
+        except KeyboardInterrupt:
+            status = _stop(session, channel, live)
+        finally:
+            if live is not None:
+                session.refresh(live)
+                live.stop()
+        if status == 0:
+            session.emit(ev.make(st.RUN_FINISHED))
+    finally:
+        session.log.close()
+        rundir.mark_ended(run_dir, "interrupted" if status else "finished")
+    results = build_results(session.view)
+    write_results(run_dir, results)
+    console.print(to_table(results))
+    console.print("results: %s/results.{md,csv,json}" % run_dir, highlight=False)
+    if status:
+        console.print("interrupted; resume with: python -m scheduler run --resume %s" % run_dir, highlight=False)
+        return status
+    return 0 if all(row["state"] == "done" for row in results["folds"]) else 1
+
+
+def _watch(session, channel, placement, request, run_id, live):
+    import ray
+
+    while session.pending:
+        ready, _ = ray.wait(list(session.pending), num_returns=len(session.pending), timeout=POLL_S)
+        session.drain(channel)
+        for ref in ready:
+            session.collect(ref, placement, request, channel, run_id)
+        session.refresh(live)
+    session.drain(channel)
+
+
+def _stop(session, channel, live):
+    """Ctrl-C: every running fold saves a checkpoint and stops; a second Ctrl-C kills."""
+    import ray
+
+    resume = "python -m scheduler run --resume %s" % session.run_dir
+    session.stopping = True
+    session.emit(ev.make(st.NOTICE, text="stopping: each running fold saves a checkpoint (Ctrl-C again to kill)"))
+    for ref in list(session.pending):
+        ray.cancel(ref)
+    deadline = time.time() + session.config.scheduler.stop_timeout_s
+    try:
+        while session.pending and time.time() < deadline:
+            ready, _ = ray.wait(list(session.pending), num_returns=len(session.pending), timeout=POLL_S)
+            session.drain(channel)
+            for ref in ready:
+                session.collect(ref, None, None, channel, None)
+            session.refresh(live)
+    except KeyboardInterrupt:
+        pass
+    for ref in list(session.pending):
+        ray.cancel(ref, force=True)
+        session.pending.pop(ref)
+    try:
+        session.drain(channel)
+    except Exception:  # the channel may already be gone with a dying cluster
+        pass
+    session.emit(ev.make(st.RUN_INTERRUPTED, resume=resume))
+    return 130

@@ -1,0 +1,54 @@
+"""Before anything is submitted: the data each fold needs, and the plan a dry run prints."""
+
+import os
+
+from rich.table import Table
+
+from lmtcnn.errors import UserError
+from lmtcnn.prepare import MANIFEST, load_manifest, prepare
+from lmtcnn.synth import synthesize
+
+
+def ensure_data(config, say=print):
+    """Generate synthetic data on first use when configured; check every fold's splits.
+
+    Returns {fold: {"train": n, "val": n, "test": n}}.
+    Raises UserError naming the data directory and fold when something is missing.
+    """
+    data = config.data
+    if data.synthetic_per_fold and not os.path.isfile(os.path.join(data.data_dir, MANIFEST)):
+        raw = os.path.join(data.data_dir, "raw")
+        say("generating synthetic Adience data in %s (first use) ..." % raw)
+        synthesize(raw, per_fold=data.synthetic_per_fold, seed=data.synthetic_seed)
+        prepare(raw, data.data_dir)
+    manifest = load_manifest(data.data_dir)
+    counts = {}
+    for fold in config.scheduler.folds:
+        entry = manifest["folds"].get(str(fold))
+        if entry is None:
+            raise UserError("%s: manifest has no fold %d; prepare the data again" % (data.data_dir, fold))
+        counts[fold] = {}
+        for role in ("train", "val", "test"):
+            files = [os.path.join(data.data_dir, f) for f in entry[role]["files"]]
+            missing = [f for f in files if not os.path.isfile(f)]
+            if missing:
+                raise UserError("%s: fold %d %s data missing (%s); prepare the data again"
+                                % (data.data_dir, fold, role, missing[0]))
+            if role != "val" and entry[role]["count"] == 0:
+                raise UserError("%s: fold %d has no %s images" % (data.data_dir, fold, role))
+            counts[fold][role] = entry[role]["count"]
+    return counts
+
+
+def plan_table(config, counts, placement, request, run_dir, where):
+    from scheduler.placement import format_request
+
+    table = Table(title="plan: %s on %s, %s per fold" % (config.name, where, format_request(request)),
+                  title_justify="left")
+    for column in ("fold", "data (train/val/test)", "resource", "output directory"):
+        table.add_column(column, no_wrap=True)
+    for fold in config.scheduler.folds:
+        c = counts[fold]
+        table.add_row(str(fold), "%s  %d/%d/%d" % (config.data.data_dir, c["train"], c["val"], c["test"]),
+                      "%s %s" % (placement, format_request(request)), os.path.join(run_dir, "fold_%d" % fold))
+    return table

@@ -1,0 +1,130 @@
+"""The run's result table: one row per fold, mean and spread, and the published rows.
+
+Written as results.json, results.csv and results.md, and printed with rich. A fold that
+did not finish shows its state (failed, stopped, ...), never a number.
+"""
+
+import csv
+import io
+import math
+
+from rich.table import Table
+
+from lmtcnn.files import write_json_atomic, write_text_atomic
+
+METRIC_COLUMNS = (("age_top1", "age top-1"), ("age_top2", "age top-2"), ("age_one_off", "age 1-off"),
+                  ("gender", "gender"))
+# Published per-fold results, % (age top-1, age top-2, gender); REFERENCE.md.
+REFERENCE_ROWS = (
+    ("Ascend port, GPU", [(49.06, 73.42, 83.63), (37.08, 60.61, 80.89), (44.81, 70.06, 79.34),
+                          (40.73, 65.35, 80.74), (38.92, 64.18, 77.60)], (42.12, 66.72, 80.44)),
+    ("Ascend port, NPU", [(45.11, 68.75, 80.95), (36.43, 58.50, 78.52), (41.09, 66.37, 77.25),
+                          (41.68, 64.37, 80.64), (40.10, 65.25, 79.25)], (40.88, 64.65, 79.32)),
+    ("authors' repo, LMTCNN-2-1", [(50.15, 76.61, 87.85), (39.42, 63.67, 83.76), (49.56, 73.12, 85.81),
+                                   (42.19, 69.84, 86.38), (42.82, 69.56, 83.48)], (44.83, 70.56, 85.46)),
+    ("paper (as quoted by the Ascend port)", None, (40.84, 66.10, 82.04)),
+)
+
+
+def build_results(view):
+    """Rows per fold (from a RunView), with mean and sample std over finished folds."""
+    rows = []
+    for k in sorted(view.folds):
+        f = view.folds[k]
+        row = {"fold": k, "state": f.state, "device": "%s:%s" % (f.host, f.device) if f.host else "",
+               "attempts": f.attempt}
+        if f.state == "done" and f.metrics:
+            m = f.metrics
+            row.update({key: round(100 * m[key], 2) for key, _ in METRIC_COLUMNS})
+            row.update(steps=m.get("step"), wall_s=m.get("wall_s"), test_images=m.get("count"))
+        else:
+            row.update(reason=f.reason)
+        rows.append(row)
+    done = [r for r in rows if r["state"] == "done"]
+    summary = {}
+    for key, _ in METRIC_COLUMNS:
+        values = [r[key] for r in done]
+        if values:
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            summary[key] = {"mean": round(mean, 2), "std": round(std, 2)}
+    return {"name": view.name, "run_dir": view.run_dir, "folds": rows, "finished_folds": len(done),
+            "summary": summary, "batch_norm_at_test": "moving averages",
+            "reference": [{"source": s, "folds": f, "mean": m} for s, f, m in REFERENCE_ROWS]}
+
+
+def write_results(run_dir, results):
+    import os
+
+    write_json_atomic(os.path.join(run_dir, "results.json"), results)
+    write_text_atomic(os.path.join(run_dir, "results.csv"), to_csv(results))
+    write_text_atomic(os.path.join(run_dir, "results.md"), to_markdown(results))
+
+
+def _cells(row):
+    if row["state"] != "done":
+        return [row["state"]] + [""] * (len(METRIC_COLUMNS) - 1) + ["", row["device"], ""]
+    return (["%.2f" % row[key] for key, _ in METRIC_COLUMNS]
+            + [str(row["steps"]), row["device"], "%.0f s" % row["wall_s"] if row["wall_s"] is not None else ""])
+
+
+HEADER = ["fold"] + [label for _, label in METRIC_COLUMNS] + ["steps", "device", "wall time"]
+
+
+def _summary_cells(results):
+    s = results["summary"]
+    mean = ["mean"] + ["%.2f" % s[k]["mean"] if k in s else "-" for k, _ in METRIC_COLUMNS]
+    std = ["std"] + ["%.2f" % s[k]["std"] if k in s else "-" for k, _ in METRIC_COLUMNS]
+    return mean + ["", "", ""], std + ["", "", ""]
+
+
+def to_markdown(results):
+    lines = ["# %s: age and gender accuracy per test fold" % results["name"], "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for row in results["folds"]:
+        lines.append("| %d | %s |" % (row["fold"], " | ".join(_cells(row))))
+    for cells in _summary_cells(results):
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Test-time batch norm: %s. Finished folds: %d of %d. Mean and sample std over finished folds."
+              % (results["batch_norm_at_test"], results["finished_folds"], len(results["folds"])), "",
+              "Published results (%, REFERENCE.md):", "",
+              "| source | " + " | ".join("fold %d" % k for k in range(5)) + " | mean |", "|---" * 7 + "|"]
+    for ref in results["reference"]:
+        folds = ["%.2f/%.2f/%.2f" % tuple(f) for f in ref["folds"]] if ref["folds"] else [""] * 5
+        lines.append("| %s | %s | %.2f/%.2f/%.2f |" % (ref["source"], " | ".join(folds), *ref["mean"]))
+    lines.append("\n(age top-1 / age top-2 / gender)")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(results):
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["fold", "state"] + [key for key, _ in METRIC_COLUMNS] + ["steps", "device", "wall_s", "reason"])
+    for row in results["folds"]:
+        writer.writerow([row["fold"], row["state"]] + [row.get(key, "") for key, _ in METRIC_COLUMNS]
+                        + [row.get("steps", ""), row["device"], row.get("wall_s", ""), row.get("reason", "")])
+    for stat in ("mean", "std"):
+        writer.writerow([stat, ""] + [results["summary"].get(k, {}).get(stat, "") for k, _ in METRIC_COLUMNS]
+                        + ["", "", "", ""])
+    return out.getvalue()
+
+
+def to_table(results):
+    """Rich tables: one row per fold, mean and std; then the published means beside them."""
+    from rich.console import Group
+
+    table = Table(title="%s: accuracy per test fold (%%)" % results["name"], title_justify="left")
+    for i, name in enumerate(HEADER):
+        table.add_column(name, justify="left" if i in (0, len(HEADER) - 2) else "right", no_wrap=True)
+    for row in results["folds"]:
+        table.add_row(str(row["fold"]), *_cells(row), style="" if row["state"] == "done" else "red")
+    mean, std = _summary_cells(results)
+    table.add_section()
+    table.add_row(*mean, style="bold")
+    table.add_row(*std)
+    published = Table(title="published (mean %, REFERENCE.md)", title_justify="left")
+    for i, name in enumerate(("source", "age top-1", "age top-2", "gender")):
+        published.add_column(name, justify="right" if i else "left", no_wrap=True)
+    for ref in results["reference"]:
+        published.add_row(ref["source"], *("%.2f" % v for v in ref["mean"]), style="dim")
+    return Group(table, published)
