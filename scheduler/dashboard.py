@@ -21,7 +21,7 @@ def render(view, now):
     table = Table(title="%s  %s" % (view.name, view.run_dir), title_justify="left", expand=False)
     for name, justify in (("fold", "right"), ("state", "left"), ("host:device", "left"),
                           ("progress", "left"), ("loss", "right"), ("lr", "right"), ("img/s", "right"),
-                          ("ETA", "right"), ("last eval", "left"), ("try", "right")):
+                          ("ETA", "right"), ("eval % (top-1/top-2/gender)", "left"), ("try", "right")):
         table.add_column(name, justify=justify, no_wrap=True)
     for k in sorted(view.folds):
         f = view.folds[k]
@@ -74,7 +74,6 @@ def summary_line(view, now):
         text += ", failed %d" % failed
     text += "  |  %.0f images/s  |  elapsed %s  |  ETA %s" % (rate, format_duration(elapsed),
                                                               format_duration(st.run_eta_s(view)))
-    text += "  (age top-1/top-2/gender %)"
     return text
 
 

@@ -90,16 +90,24 @@ def run_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel):
     Progress goes to `channel` tagged with fold, attempt, host and device. The finished
     event travels in the return value instead, so the driver records it exactly once.
     """
-    from lmtcnn.config import build_config
-    from scheduler.config import RunConfig
-    from scheduler.dashboard import format_event
-
     host = socket.gethostname()
     node_id = ray.get_runtime_context().get_node_id()
     index = device_index(placement)
     label = "CPU" if index is None else "%s%d" % (placement.upper(), index)
-    lock = claim_device(node_id, placement, index)  # noqa: F841 - held until the process ends
-    set_device_env(placement, index)
+    lock = claim_device(node_id, placement, index)
+    try:
+        set_device_env(placement, index)
+        return _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel, host, node_id,
+                           label)
+    finally:
+        if lock is not None:  # released now: the process may outlive the task a little
+            lock.close()
+
+
+def _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel, host, node_id, label):
+    from lmtcnn.config import build_config
+    from scheduler.config import RunConfig
+    from scheduler.dashboard import format_event
 
     config = build_config(config_dict, RunConfig)
     if config.train.device == "auto":
@@ -121,6 +129,10 @@ def run_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel):
             else:
                 channel.push.remote(event)
 
+        visible = {k: os.environ[k] for k in ("ASCEND_RT_VISIBLE_DEVICES", "ASCEND_DEVICE_ID",
+                                              "CUDA_VISIBLE_DEVICES") if k in os.environ}
+        report(ev.make(ev.MESSAGE, env=visible, text="%s on %s: %s" % (
+            label, host, " ".join("%s=%s" % kv for kv in sorted(visible.items())) or "no device variables")))
         if not shared:
             report(ev.make(ev.MESSAGE, not_shared=True,
                            text="%s does not see the run directory %s: fold %d writes to %s and is collected "

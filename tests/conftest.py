@@ -37,3 +37,70 @@ def tiny_config(data_dir, **train):
     settings.update(train)
     return build_config({"name": "tiny", "data": {"data_dir": data_dir},
                          "model": {"image_size": 64, "batch_norm_decay": 0.9}, "train": settings}, Config)
+
+
+def run_config(data_dir, run_dir, folds, **sections):
+    """A scheduler RunConfig for tiny CPU-trained folds writing into `run_dir`."""
+    from lmtcnn.config import build_config
+    from scheduler.config import RunConfig
+
+    train = dict(device="cpu", batch_size=16, max_steps=8, log_every_steps=2, checkpoint_every_steps=4,
+                 summary_every_steps=4, eval_every_steps=0, shuffle_buffer=64, preprocess_threads=1, cpu_threads=1)
+    train.update(sections.get("train", {}))
+    scheduler = dict(folds=list(folds), run_dir=str(run_dir), device="cpu", max_retries=2, stop_timeout_s=60.0)
+    scheduler.update(sections.get("scheduler", {}))
+    return build_config({"name": "t", "data": {"data_dir": data_dir},
+                         "model": {"image_size": 64, "batch_norm_decay": 0.9},
+                         "train": train, "scheduler": scheduler}, RunConfig)
+
+
+def quiet_console():
+    import io
+
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), width=140, color_system=None)
+
+
+def ray_init_local(**resources):
+    """A real local Ray instance with `resources` (e.g. NPU=2), as the driver would start."""
+    import ray
+
+    from scheduler.driver import NPU_SYSTEM_CONFIG
+
+    options = dict(num_cpus=2, log_to_driver=False, include_dashboard=False)
+    if tuple(int(x) for x in ray.__version__.split(".")[:2]) < (2, 10):
+        options["_system_config"] = NPU_SYSTEM_CONFIG
+    ray.init(resources=resources or None, **options)
+
+
+class EventTail:
+    """Follows a run's events.jsonl from a thread and calls `on_event` for each new event."""
+
+    def __init__(self, run_dir, on_event):
+        import threading
+
+        self.path = os.path.join(str(run_dir), "events.jsonl")
+        self.on_event, self.stop = on_event, threading.Event()
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+        self.thread.start()
+
+    def _follow(self):
+        import json
+        import time
+
+        offset = 0
+        while not self.stop.is_set():
+            if os.path.exists(self.path):
+                with open(self.path) as f:
+                    f.seek(offset)
+                    for line in f:
+                        if not line.endswith("\n"):
+                            break
+                        offset += len(line.encode("utf-8"))
+                        self.on_event(json.loads(line))
+            time.sleep(0.1)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)

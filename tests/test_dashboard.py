@@ -1,0 +1,329 @@
+"""The dashboard is a pure function of the events received so far and the clock.
+
+A scripted run of five folds (one finished, one failed, one retried on another device,
+one queued, one running) goes through `state.apply`, then `dashboard.render` draws it
+into a plain-text console with a fixed `now`; no Ray, TensorFlow or disk is involved.
+"""
+
+import io
+
+import pytest
+from rich.console import Console
+
+from lmtcnn import events as ev
+from scheduler import dashboard
+from scheduler import state as st
+
+T0 = 1700000000.0  # the run's first event, seconds since the epoch
+NOW = T0 + 3725.0  # the dashboard's clock: 1 h 2 min 5 s into the run
+TOTAL = 1000  # training steps per fold
+
+
+def metrics(top1, top2, one_off, gender, count, **extra):
+    """A metrics dict shaped like lmtcnn.metrics.compute_metrics's (fractions in [0, 1])."""
+    m = {"count": count, "age_top1": top1, "age_top2": top2, "age_one_off": one_off, "gender": gender,
+         "age_confusion": [[0] * 8 for _ in range(8)]}
+    m.update(extra)
+    return m
+
+
+FINISHED_METRICS = metrics(0.523, 0.75, 0.9, 0.812, 117, step=TOTAL, wall_s=1834.2, device="npu")
+
+
+def trainer(kind, fold, attempt, host, label, t, **fields):
+    """A trainer event as fold_task.run_fold forwards it: tagged with fold, attempt, host, device."""
+    return ev.make(kind, time=T0 + t, fold=fold, attempt=attempt, host=host, node_id="n" * 56,
+                   device_label=label, pid=4242, **fields)
+
+
+def started(fold, attempt, host, label, t, start_step=0):
+    return trainer(ev.FOLD_STARTED, fold, attempt, host, label, t, device="npu", start_step=start_step,
+                   total_steps=TOTAL, train_images=391)
+
+
+def step(fold, attempt, host, label, t, n, loss, images_per_s, lr=0.01):
+    return trainer(ev.STEP_DONE, fold, attempt, host, label, t, step=n, total_steps=TOTAL, loss=loss,
+                   learning_rate=lr, images_per_s=images_per_s)
+
+
+def script():
+    """The events of a run, in the order the driver records them."""
+    events = [ev.make(st.RUN_STARTED, time=T0, name="cv5", run_dir="/runs/cv5-20250101-120000",
+                      folds=[0, 1, 2, 3, 4], placement="npu {CPU: 1, NPU: 1}", where="10.0.0.1:6379",
+                      resumed=False)]
+    events += [ev.make(st.FOLD_QUEUED, time=T0, fold=k, attempt=1) for k in range(5)]
+    events += [
+        # Fold 0 trains to the end on vm:NPU0.
+        started(0, 1, "vm", "NPU0", 1),
+        trainer(ev.MESSAGE, 0, 1, "vm", "NPU0", 1, text="warm start from /ckpt: restored 12 variables"),
+        step(0, 1, "vm", "NPU0", 10, 10, 2.5, 300.0),
+        step(0, 1, "vm", "NPU0", 20, 20, 2.25, 310.0),
+        trainer(ev.CHECKPOINT_SAVED, 0, 1, "vm", "NPU0", 30, step=500, path="/runs/x/fold_0/checkpoints/m-500"),
+        trainer(ev.EVAL_DONE, 0, 1, "vm", "NPU0", 31, step=500, split="val",
+                metrics=metrics(0.40, 0.60, 0.8, 0.75, 58)),
+        trainer(ev.FOLD_FINISHED, 0, 1, "vm", "NPU0", 40, step=TOTAL, metrics=FINISHED_METRICS, wall_s=1834.2),
+        # Fold 1 fails with a Python error (not retried).
+        started(1, 1, "vm", "NPU1", 2),
+        step(1, 1, "vm", "NPU1", 12, 300, 2.0, 305.0),
+        ev.make(ev.FOLD_FAILED, time=T0 + 50, fold=1, attempt=1,
+                reason="DataLossError: corrupted record at 1234"),
+        # Fold 2 loses its worker at step 400 and resumes on worker-2:NPU3 as attempt 2.
+        started(2, 1, "vm", "NPU2", 3),
+        step(2, 1, "vm", "NPU2", 100, 400, 1.9, 300.0),
+        ev.make(st.FOLD_RETRYING, time=T0 + 120, fold=2, attempt=2, reason="WorkerCrashedError (attempt 1)"),
+        ev.make(st.FOLD_QUEUED, time=T0 + 120, fold=2, attempt=2),
+        started(2, 2, "worker-2", "NPU3", 130, start_step=400),
+        step(2, 2, "worker-2", "NPU3", 500, 450, 1.75, 300.0),
+        step(2, 2, "worker-2", "NPU3", 550, 500, 1.5, 320.0),
+        # Fold 3 stays queued. Fold 4 runs on vm:NPU1 at 1 step/s.
+        started(4, 1, "vm", "NPU1", 60),
+        step(4, 1, "vm", "NPU1", 100, 100, 1.5, 300.0),
+        trainer(ev.EVAL_DONE, 4, 1, "vm", "NPU1", 150, step=200, split="val",
+                metrics=metrics(0.311, 0.502, 0.7, 0.687, 55)),
+        step(4, 1, "vm", "NPU1", 200, 200, 1.2345, 310.0),
+    ]
+    return events
+
+
+def build_view(events):
+    view = st.RunView()
+    for event in events:
+        st.apply(view, event)
+    return view
+
+
+def draw(view, now=NOW):
+    console = Console(file=io.StringIO(), width=140, color_system=None, force_terminal=False)
+    console.print(dashboard.render(view, now))
+    return console.file.getvalue()
+
+
+def rows(text):
+    """{fold: [cells]} from the drawn table's body rows."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.strip().strip("│").split("│")]
+            out[int(cells[0])] = cells
+    return out
+
+
+COLUMNS = ("fold", "state", "host:device", "progress", "loss", "lr", "img/s", "ETA", "last eval", "try")
+
+
+def cell(row, column):
+    return row[COLUMNS.index(column)]
+
+
+@pytest.fixture
+def text():
+    return draw(build_view(script()))
+
+
+def test_one_row_per_fold_with_state_device_progress_and_attempt(text):
+    table = rows(text)
+    assert sorted(table) == [0, 1, 2, 3, 4]
+    assert all(len(r) == len(COLUMNS) for r in table.values()), text
+    expected = {  # fold: (state, host:device, step/total, try)
+        0: ("done", "vm:NPU0", "1000/1000", "1"),
+        1: ("failed", "vm:NPU1", "300/1000", "1"),
+        2: ("retrying", "worker-2:NPU3", "500/1000", "2"),
+        3: ("queued", "-", "-", "1"),
+        4: ("running", "vm:NPU1", "200/1000", "1"),
+    }
+    for fold, (state, where, progress, attempt) in expected.items():
+        row = table[fold]
+        assert cell(row, "state") == state, (fold, row)
+        assert cell(row, "host:device") == where, (fold, row)
+        assert cell(row, "progress").endswith(progress), (fold, row)
+        assert cell(row, "try") == attempt, (fold, row)
+    # The bar is 16 cells wide: full when done, 3/16 at step 200 of 1000.
+    assert cell(table[0], "progress") == "█" * 16 + " 1000/1000"
+    assert cell(table[4], "progress") == "█" * 3 + "░" * 13 + " 200/1000"
+
+
+def test_running_rows_show_loss_rate_and_eta_finished_row_shows_test_metrics(text):
+    table = rows(text)
+    assert cell(table[4], "loss") == "1.2345"
+    assert cell(table[4], "lr") == "0.01"
+    assert cell(table[4], "img/s") == "310"
+    # Fold 4: steps 100 -> 200 in 100 s is 1 step/s, 800 steps left.
+    assert cell(table[4], "ETA") == "13:20"
+    assert cell(table[4], "last eval") == "val@200 31.1/50.2/68.7"
+    # Fold 2's rate restarts with attempt 2: 450 -> 500 in 50 s, 500 steps left.
+    assert cell(table[2], "loss") == "1.5000"
+    assert cell(table[2], "ETA") == "8:20"
+    # A finished fold shows its test metrics (age top-1/top-2/gender %), not its last loss.
+    assert cell(table[0], "last eval") == "test 52.3/75.0/81.2"
+    assert cell(table[0], "loss") == "-" and cell(table[0], "ETA") == "-"
+    assert cell(table[3], "loss") == "-" and cell(table[3], "last eval") == "-"
+    assert cell(table[1], "ETA") == "-"
+
+
+def test_summary_line_and_reason_lines(text):
+    lines = text.splitlines()
+    assert lines[0].strip() == "cv5  /runs/cv5-20250101-120000"
+    (summary,) = [line for line in lines if line.startswith("folds done")]
+    assert summary.startswith("folds done 1/5, failed 1  |  ")
+    # Images/s of the two running folds (2 and 4): 320 + 310.
+    assert "  |  630 images/s  |  " in summary
+    assert "elapsed 1:02:05" in summary
+    # Run ETA: remaining steps of folds 2, 3, 4 (500 + 1000 + 800) over 1 + 1 steps/s.
+    assert "ETA 19:10" in summary
+    assert "fold 1: DataLossError: corrupted record at 1234" in lines
+    assert "fold 2: WorkerCrashedError (attempt 1)" in lines
+    # Only failed and retrying folds get a reason line.
+    assert not [line for line in lines if line.startswith(("fold 0:", "fold 3:", "fold 4:"))]
+
+
+def test_render_is_deterministic():
+    events = script()
+    assert draw(build_view(events)) == draw(build_view(events))
+    view = build_view(events)
+    assert draw(view) == draw(view)
+
+
+def test_elapsed_follows_the_injected_clock():
+    view = build_view(script())
+    assert "elapsed 0:00" in draw(view, now=T0)
+    assert "elapsed 10:00" in draw(view, now=T0 + 600)
+
+
+def test_a_late_event_of_a_superseded_attempt_changes_nothing():
+    events = script()
+    before_view = build_view(events)
+    before = draw(before_view)
+    late = [step(2, 1, "vm", "NPU2", 560, 420, 9.99, 1.0),
+            trainer(ev.FOLD_STOPPED, 2, 1, "vm", "NPU2", 561, step=420),
+            ev.make(ev.FOLD_FAILED, time=T0 + 562, fold=2, attempt=1, reason="late failure of attempt 1")]
+    after_view = build_view(events + late)
+    assert draw(after_view) == before
+    fold = after_view.folds[2]
+    assert (fold.state, fold.attempt, fold.step, fold.loss) == ("retrying", 2, 500, 1.5)
+    assert fold.host == "worker-2" and fold.device == "NPU3"
+    assert fold.__dict__ == before_view.folds[2].__dict__
+
+
+def test_a_newer_attempt_resets_the_rate():
+    view = build_view(script())
+    fold = view.folds[2]
+    assert fold.rate_origin == (T0 + 500, 450)
+    assert fold.steps_per_s == pytest.approx(1.0)
+    assert st.fold_eta_s(fold) == pytest.approx(500.0)
+
+
+def test_fold_stopped():
+    events = script() + [trainer(ev.FOLD_STOPPED, 4, 1, "vm", "NPU1", 300, step=240),
+                         ev.make(st.NOTICE, time=T0 + 300, text="stopping: each running fold saves a checkpoint"),
+                         ev.make(st.RUN_INTERRUPTED, time=T0 + 301,
+                                 resume="python -m scheduler run --resume /runs/cv5-20250101-120000")]
+    view = build_view(events)
+    fold = view.folds[4]
+    assert (fold.state, fold.step, fold.attempt) == ("stopped", 240, 1)
+    assert st.fold_eta_s(fold) is None
+    assert view.ended == "interrupted"
+    text = draw(view)
+    row = rows(text)[4]
+    assert cell(row, "state") == "stopped"
+    assert cell(row, "progress").endswith(" 240/1000")
+    assert cell(row, "ETA") == "-" and cell(row, "img/s") == "-"
+    assert "stopping: each running fold saves a checkpoint" in text.splitlines()
+
+
+def test_fold_skipped_marks_a_fold_finished_in_an_earlier_session():
+    earlier = metrics(0.45, 0.7, 0.88, 0.8, 114, step=TOTAL, wall_s=900.0)
+    view = build_view([ev.make(st.RUN_STARTED, time=T0, name="cv5", run_dir="/r", folds=[0, 1],
+                               placement="cpu {CPU: 1}", where="a local Ray instance", resumed=True),
+                       ev.make(st.FOLD_SKIPPED, time=T0, fold=1, metrics=earlier)])
+    fold = view.folds[1]
+    assert (fold.state, fold.step, fold.wall_s, fold.metrics) == ("done", TOTAL, 900.0, earlier)
+    assert fold.images_per_s is None
+    assert view.folds[0].state == "queued"
+    row = rows(draw(view))[1]
+    assert cell(row, "state") == "done"
+    assert cell(row, "last eval") == "test 45.0/70.0/80.0"
+    assert "folds done 1/2" in draw(view)
+
+
+def test_fold_skipped_after_replayed_events_keeps_host_and_attempt():
+    events = [ev.make(st.RUN_STARTED, time=T0, name="cv5", run_dir="/r", folds=[0],
+                      placement="npu {NPU: 1}", where="x", resumed=False),
+              started(0, 1, "vm", "NPU0", 1),
+              step(0, 1, "vm", "NPU0", 10, 999, 0.5, 300.0),
+              ev.make(st.FOLD_SKIPPED, time=T0 + 20, fold=0, metrics=FINISHED_METRICS)]
+    fold = build_view(events).folds[0]
+    assert (fold.state, fold.attempt, fold.host, fold.device, fold.step) == ("done", 1, "vm", "NPU0", TOTAL)
+    assert fold.images_per_s is None
+
+
+def test_queued_again_after_a_retry_is_retrying():
+    view = build_view([ev.make(st.FOLD_QUEUED, time=T0, fold=3, attempt=1),
+                       ev.make(st.FOLD_RETRYING, time=T0 + 1, fold=3, attempt=2, reason="NodeDiedError (attempt 1)"),
+                       ev.make(st.FOLD_QUEUED, time=T0 + 1, fold=3, attempt=2)])
+    fold = view.folds[3]
+    assert (fold.state, fold.attempt, fold.reason) == ("retrying", 2, "NodeDiedError (attempt 1)")
+
+
+def test_run_eta_is_unknown_without_a_rate():
+    view = build_view(script()[:6])  # run_started and the five fold_queued events
+    assert st.run_eta_s(view) is None
+    summary = [line for line in draw(view).splitlines() if line.startswith("folds done")][0]
+    assert summary.startswith("folds done 0/5  |  0 images/s  |  elapsed 1:02:05  |  ETA -")
+
+
+EXPECTED_LINES = {
+    st.RUN_STARTED: "run cv5: folds 0,1,2,3,4 on npu {CPU: 1, NPU: 1} -> /runs/cv5-20250101-120000",
+    st.FOLD_QUEUED: "fold 0 try 1  fold queued",
+    ev.FOLD_STARTED: "fold 0 try 1 vm:NPU0  started on npu at step 0 of 1000",
+    ev.MESSAGE: "fold 0 try 1 vm:NPU0  warm start from /ckpt: restored 12 variables",
+    ev.STEP_DONE: "fold 0 try 1 vm:NPU0  step 10/1000 loss 2.5000 lr 0.01 300 images/s",
+    ev.CHECKPOINT_SAVED: "fold 0 try 1 vm:NPU0  checkpoint at step 500",
+    ev.EVAL_DONE: "fold 0 try 1 vm:NPU0  val eval: age top-1 40.00% top-2 60.00% gender 75.00% (58 images)",
+    ev.FOLD_FINISHED: "fold 0 try 1 vm:NPU0  finished, test: age top-1 52.30% top-2 75.00% gender 81.20% "
+                      "(117 images)",
+    ev.FOLD_FAILED: "fold 1 try 1  failed: DataLossError: corrupted record at 1234",
+    st.FOLD_RETRYING: "fold 2 try 2  retrying: WorkerCrashedError (attempt 1)",
+}
+
+
+def test_format_event_gives_one_line_per_event():
+    extra = [trainer(ev.FOLD_STOPPED, 4, 1, "vm", "NPU1", 300, step=240),
+             ev.make(st.FOLD_SKIPPED, time=T0, fold=3, metrics=FINISHED_METRICS),
+             ev.make(st.NOTICE, time=T0, text="2 nodes: keep the run directory on a shared filesystem"),
+             ev.make(st.RUN_INTERRUPTED, time=T0, resume="python -m scheduler run --resume /r"),
+             ev.make(st.RUN_FINISHED, time=T0)]
+    events = script() + extra
+    vocabulary = {getattr(ev, n) for n in ("FOLD_STARTED", "STEP_DONE", "EVAL_DONE", "CHECKPOINT_SAVED",
+                                           "FOLD_STOPPED", "FOLD_FINISHED", "FOLD_FAILED", "MESSAGE")}
+    vocabulary |= {st.RUN_STARTED, st.FOLD_QUEUED, st.FOLD_RETRYING, st.FOLD_SKIPPED, st.RUN_INTERRUPTED,
+                   st.RUN_FINISHED, st.NOTICE}
+    assert {e["event"] for e in events} == vocabulary
+    firsts = {}
+    for event in events:
+        line = dashboard.format_event(event)
+        assert isinstance(line, str) and line.strip(), event
+        assert "\n" not in line and "\r" not in line, line
+        firsts.setdefault(event["event"], line)
+    for kind, line in EXPECTED_LINES.items():
+        assert firsts[kind] == line
+    lines = [dashboard.format_event(e) for e in extra]
+    assert lines[0] == "fold 4 try 1 vm:NPU1  stopped at step 240 (checkpoint saved)"
+    assert lines[1].startswith("fold 3 ") and lines[1].endswith(
+        "already finished, test: age top-1 52.30% top-2 75.00% gender 81.20% (117 images)")
+    assert lines[2] == "note: 2 nodes: keep the run directory on a shared filesystem"
+    assert lines[3] == "interrupted; resume with: python -m scheduler run --resume /r"
+    assert lines[4] == "run finished"
+
+
+def test_format_event_does_not_change_the_event():
+    events = script()
+    copies = [dict(e) for e in events]
+    for event in events:
+        dashboard.format_event(event)
+    assert events == copies
+
+
+@pytest.mark.parametrize("seconds, text", [(None, "-"), (0, "0:00"), (59.6, "1:00"), (3599, "59:59"),
+                                           (3600, "1:00:00"), (90061, "25:01:01")])
+def test_format_duration(seconds, text):
+    assert dashboard.format_duration(seconds) == text

@@ -1,0 +1,218 @@
+"""The result table of a run: per-fold percentages, mean and sample std over finished
+folds, a failed fold shown by its state only, and the published rows beside them."""
+
+import csv
+import io
+import json
+import os
+
+import pytest
+from rich.console import Console
+
+from lmtcnn import events as ev
+from scheduler import results as rs
+from scheduler import state as st
+
+METRICS = ("age_top1", "age_top2", "age_one_off", "gender")
+# Test images per fold (the authors' counts) and the correctly classified ones per metric;
+# fold 3 fails and has none.
+COUNTS = {0: 3879, 1: 3005, 2: 3121, 4: 3387}
+CORRECT = {0: (1903, 2848, 3391, 3244), 1: (1114, 1823, 2597, 2431), 2: (1398, 2187, 2757, 2476),
+           4: (1318, 2216, 2961, 2629)}
+# CORRECT / COUNTS in percent, rounded to 0.01, worked out by hand (1903 / 3879 = 49.059%).
+PERCENT = {0: (49.06, 73.42, 87.42, 83.63), 1: (37.07, 60.67, 86.42, 80.90), 2: (44.79, 70.07, 88.34, 79.33),
+           4: (38.91, 65.43, 87.42, 77.62)}
+WALL_S = {0: 1834.2, 1: 1790.0, 2: 2011.7, 4: 1802.4}
+# Mean and sample std (n - 1) of the four finished folds' percentages. Age top-1:
+# mean (49.06 + 37.07 + 44.79 + 38.91) / 4 = 42.4575; squared deviations 43.593 + 29.025
+# + 5.441 + 12.585 = 90.644; std sqrt(90.644 / 3) = 5.497.
+MEAN = {"age_top1": 42.46, "age_top2": 67.40, "age_one_off": 87.40, "gender": 80.37}
+STD = {"age_top1": 5.50, "age_top2": 5.55, "age_one_off": 0.78, "gender": 2.55}
+FAILED_REASON = "NodeDiedError (attempt 3); no retries left (scheduler.max_retries 2)"
+# Means of REFERENCE.md's "Published results" table (age top-1, age top-2, gender).
+PUBLISHED_MEANS = {"Ascend port, GPU": (42.12, 66.72, 80.44), "Ascend port, NPU": (40.88, 64.65, 79.32),
+                   "authors' repo, LMTCNN-2-1": (44.83, 70.56, 85.46), "paper": (40.84, 66.10, 82.04)}
+PUBLISHED_FOLDS = {
+    "Ascend port, GPU": [(49.06, 73.42, 83.63), (37.08, 60.61, 80.89), (44.81, 70.06, 79.34),
+                         (40.73, 65.35, 80.74), (38.92, 64.18, 77.60)],
+    "Ascend port, NPU": [(45.11, 68.75, 80.95), (36.43, 58.50, 78.52), (41.09, 66.37, 77.25),
+                         (41.68, 64.37, 80.64), (40.10, 65.25, 79.25)],
+    "authors' repo, LMTCNN-2-1": [(50.15, 76.61, 87.85), (39.42, 63.67, 83.76), (49.56, 73.12, 85.81),
+                                  (42.19, 69.84, 86.38), (42.82, 69.56, 83.48)],
+}
+
+
+def fold_metrics(fold):
+    """What lmtcnn.train returns for a fold: compute_metrics's dict plus step and wall_s."""
+    n = COUNTS[fold]
+    m = {key: c / n for key, c in zip(METRICS, CORRECT[fold])}
+    m.update(count=n, age_confusion=[[0] * 8 for _ in range(8)], step=50000, wall_s=WALL_S[fold], device="npu")
+    return m
+
+
+def run_view():
+    """A RunView as the driver builds it: four folds finished, fold 3 failed on its last try."""
+    view = st.RunView()
+    events = [ev.make(st.RUN_STARTED, name="cv5", run_dir="/runs/cv5-1", folds=[0, 1, 2, 3, 4],
+                      placement="npu {CPU: 1, NPU: 1}", where="x")]
+    for fold in range(5):
+        events.append(ev.make(ev.FOLD_STARTED, fold=fold, attempt=1, host="vm", device_label="NPU%d" % fold,
+                              device="npu", start_step=0, total_steps=50000, train_images=11136))
+        if fold in COUNTS:
+            events.append(ev.make(ev.FOLD_FINISHED, fold=fold, attempt=1, host="vm", device_label="NPU%d" % fold,
+                                  step=50000, metrics=fold_metrics(fold), wall_s=WALL_S[fold]))
+    for attempt in (2, 3):
+        events.append(ev.make(st.FOLD_RETRYING, fold=3, attempt=attempt, reason="NodeDiedError"))
+        events.append(ev.make(ev.FOLD_STARTED, fold=3, attempt=attempt, host="w2", device_label="NPU7",
+                              device="npu", start_step=4000, total_steps=50000, train_images=12056))
+    events.append(ev.make(ev.FOLD_FAILED, fold=3, attempt=3, reason=FAILED_REASON))
+    for event in events:
+        st.apply(view, event)
+    return view
+
+
+@pytest.fixture
+def results():
+    return rs.build_results(run_view())
+
+
+def test_rows_are_percent_per_fold(results):
+    rows = {row["fold"]: row for row in results["folds"]}
+    assert sorted(rows) == [0, 1, 2, 3, 4]
+    for fold, percents in PERCENT.items():
+        row = rows[fold]
+        assert row["state"] == "done"
+        assert tuple(row[key] for key in METRICS) == percents
+        assert (row["steps"], row["wall_s"], row["test_images"]) == (50000, WALL_S[fold], COUNTS[fold])
+        assert (row["device"], row["attempts"]) == ("vm:NPU%d" % fold, 1)
+    failed = rows[3]
+    assert (failed["state"], failed["reason"], failed["attempts"], failed["device"]) == (
+        "failed", FAILED_REASON, 3, "w2:NPU7")
+    assert not set(METRICS) & set(failed), failed
+    assert results["finished_folds"] == 4
+    assert (results["name"], results["run_dir"]) == ("cv5", "/runs/cv5-1")
+
+
+def test_mean_and_sample_std_over_finished_folds(results):
+    assert results["summary"] == {key: {"mean": MEAN[key], "std": STD[key]} for key in METRICS}
+
+
+def test_reference_rows_are_the_published_ones(results):
+    by_source = {ref["source"]: ref for ref in results["reference"]}
+    assert len(by_source) == 4
+    for source, mean in PUBLISHED_MEANS.items():
+        (match,) = [ref for name, ref in by_source.items() if name.startswith(source)]
+        assert tuple(match["mean"]) == mean
+        expected_folds = PUBLISHED_FOLDS.get(source)
+        assert (None if match["folds"] is None else [tuple(f) for f in match["folds"]]) == expected_folds
+        if expected_folds:  # the published means are the means of the published folds
+            for i in range(3):
+                assert sum(f[i] for f in expected_folds) / 5 == pytest.approx(mean[i], abs=0.006)
+
+
+def markdown_rows(text):
+    """Rows of the markdown tables, as lists of stripped cells."""
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|") and not line.startswith("|---")]
+
+
+def test_markdown(results):
+    text = rs.to_markdown(results)
+    rows = markdown_rows(text)
+    header = rows[0]
+    assert header == ["fold", "age top-1", "age top-2", "age 1-off", "gender", "steps", "device", "wall time"]
+    body = {r[0]: r for r in rows[1:8]}
+    for fold, percents in PERCENT.items():
+        assert body[str(fold)][1:5] == ["%.2f" % p for p in percents]
+        assert body[str(fold)][5:] == ["50000", "vm:NPU%d" % fold, "%.0f s" % WALL_S[fold]]
+    # The failed fold shows its state and no number.
+    assert body["3"][1] == "failed"
+    assert body["3"][2:6] == ["", "", "", ""] and body["3"][7] == ""
+    assert body["mean"][1:5] == ["%.2f" % MEAN[k] for k in METRICS]
+    assert body["std"][1:5] == ["%.2f" % STD[k] for k in METRICS]
+    assert "Finished folds: 4 of 5" in text
+    published = {r[0]: r for r in rows if r[0] in PUBLISHED_FOLDS or r[0].startswith("paper")}
+    assert len(published) == 4
+    for source, mean in PUBLISHED_MEANS.items():
+        (row,) = [r for name, r in published.items() if name.startswith(source)]
+        assert row[-1] == "%.2f/%.2f/%.2f" % mean
+        if source in PUBLISHED_FOLDS:
+            assert row[1:6] == ["%.2f/%.2f/%.2f" % f for f in PUBLISHED_FOLDS[source]]
+    assert "42.12/66.72/80.44" in text
+
+
+def test_csv(results):
+    rows = list(csv.reader(io.StringIO(rs.to_csv(results))))
+    assert rows[0] == ["fold", "state", "age_top1", "age_top2", "age_one_off", "gender", "steps", "device",
+                       "wall_s", "reason"]
+    body = {r[0]: r for r in rows[1:]}
+    assert len(rows) == 1 + 5 + 2
+    for fold, percents in PERCENT.items():
+        row = body[str(fold)]
+        assert row[1] == "done"
+        assert tuple(float(v) for v in row[2:6]) == percents
+        assert (int(row[6]), row[7], float(row[8]), row[9]) == (50000, "vm:NPU%d" % fold, WALL_S[fold], "")
+    assert body["3"] == ["3", "failed", "", "", "", "", "", "w2:NPU7", "", FAILED_REASON]
+    assert tuple(float(v) for v in body["mean"][2:6]) == tuple(MEAN[k] for k in METRICS)
+    assert tuple(float(v) for v in body["std"][2:6]) == tuple(STD[k] for k in METRICS)
+
+
+def draw(renderable):
+    console = Console(file=io.StringIO(), width=140, color_system=None, force_terminal=False)
+    console.print(renderable)
+    return console.file.getvalue()
+
+
+def table_rows(text):
+    return [[c.strip() for c in line.strip().strip("│").split("│")] for line in text.splitlines()
+            if line.startswith("│")]
+
+
+def test_rich_table(results):
+    text = draw(rs.to_table(results))
+    rows = table_rows(text)
+    body = {r[0]: r for r in rows if len(r) == 8}
+    for fold, percents in PERCENT.items():
+        assert body[str(fold)][1:5] == ["%.2f" % p for p in percents]
+        assert body[str(fold)][5:] == ["50000", "vm:NPU%d" % fold, "%.0f s" % WALL_S[fold]]
+    assert body["3"] == ["3", "failed", "", "", "", "", "w2:NPU7", ""]
+    assert body["mean"][1:5] == ["%.2f" % MEAN[k] for k in METRICS]
+    assert body["std"][1:5] == ["%.2f" % STD[k] for k in METRICS]
+    published = {r[0]: r[1:] for r in rows if len(r) == 4}
+    assert len(published) == 4
+    for source, mean in PUBLISHED_MEANS.items():
+        (cells,) = [c for name, c in published.items() if name.startswith(source)]
+        assert cells == ["%.2f" % v for v in mean]
+    assert "cv5: accuracy per test fold (%)" in text
+
+
+def test_write_results_files_parse_back(results, tmp_path):
+    rs.write_results(str(tmp_path), results)
+    assert sorted(os.listdir(str(tmp_path))) == ["results.csv", "results.json", "results.md"]
+    with open(str(tmp_path / "results.json"), encoding="utf-8") as f:
+        loaded = json.load(f)
+    assert loaded == json.loads(json.dumps(results))
+    assert loaded["summary"]["age_top1"] == {"mean": 42.46, "std": 5.5}
+    assert [r["state"] for r in loaded["folds"]] == ["done", "done", "done", "failed", "done"]
+    assert loaded["folds"][0]["age_top2"] == 73.42
+    with open(str(tmp_path / "results.csv"), encoding="utf-8", newline="") as f:
+        assert list(csv.reader(f)) == list(csv.reader(io.StringIO(rs.to_csv(results))))
+    with open(str(tmp_path / "results.md"), encoding="utf-8") as f:
+        markdown = f.read()
+    assert markdown == rs.to_markdown(results)
+    assert "| 0 | 49.06 | 73.42 | 87.42 | 83.63 | 50000 | vm:NPU0 | 1834 s |" in markdown
+
+
+def test_no_finished_fold_gives_no_numbers():
+    view = st.RunView(name="x", run_dir="/r")
+    for fold in (0, 1):
+        st.apply(view, ev.make(ev.FOLD_FAILED, fold=fold, attempt=1, reason="ValueError: bad"))
+    results = rs.build_results(view)
+    assert results["summary"] == {} and results["finished_folds"] == 0
+    rows = markdown_rows(rs.to_markdown(results))
+    body = {r[0]: r for r in rows[1:5]}
+    assert body["mean"][1:5] == ["-"] * 4 and body["std"][1:5] == ["-"] * 4
+    assert body["0"][1] == body["1"][1] == "failed"
+    csv_rows = {r[0]: r for r in csv.reader(io.StringIO(rs.to_csv(results)))}
+    assert csv_rows["mean"][2:6] == ["", "", "", ""]
+    assert "failed" in draw(rs.to_table(results))

@@ -1,0 +1,122 @@
+"""The driver on a real local Ray instance that declares a custom NPU resource."""
+
+import collections
+import json
+import os
+import signal
+
+import pytest
+import ray
+
+from conftest import EventTail, quiet_console, ray_init_local, run_config
+from scheduler import rundir
+from scheduler.driver import run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray_init_local(NPU=2)
+    yield
+    ray.shutdown()
+
+
+def events_of(run_dir, kind=None):
+    return [e for e in rundir.read_events(str(run_dir)) if kind is None or e["event"] == kind]
+
+
+def test_five_folds_share_two_npus_without_collisions(prepared, tmp_path):
+    run_dir = tmp_path / "run"
+    # Placed on the NPU resource (the task sets the Ascend variables), trained on the CPU.
+    config = run_config(prepared, run_dir, range(5), scheduler={"device": "npu"})
+    assert run(config, quiet_console()) == 0
+
+    results = json.load(open(str(run_dir / "results.json")))
+    assert [r["state"] for r in results["folds"]] == ["done"] * 5
+    assert all(0 <= r["age_top1"] <= 100 and r["steps"] == 8 for r in results["folds"])
+    assert set(results["summary"]) == {"age_top1", "age_top2", "age_one_off", "gender"}
+
+    started = {e["fold"]: e for e in events_of(run_dir, "fold_started")}
+    finished = {e["fold"]: e for e in events_of(run_dir, "fold_finished")}
+    assert sorted(started) == sorted(finished) == list(range(5))
+    by_device = collections.defaultdict(list)
+    for fold, e in started.items():
+        assert e["device_label"] in ("NPU0", "NPU1")
+        by_device[(e["node_id"], e["device_label"])].append((e["time"], finished[fold]["time"]))
+    assert len(by_device) == 2  # both devices were used
+    for spans in by_device.values():
+        spans.sort()
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            assert start >= end, "two folds ran at once on one device index"
+    envs = [e for e in events_of(run_dir, "message") if "env" in e]
+    assert len(envs) == 5
+    for e in envs:
+        index = e["device_label"][len("NPU"):]
+        assert e["env"]["ASCEND_RT_VISIBLE_DEVICES"] == index and e["env"]["ASCEND_DEVICE_ID"] == "0"
+    for k in range(5):
+        fold = run_dir / ("fold_%d" % k)
+        assert (fold / "metrics.json").exists() and (fold / "final" / "model.ckpt.index").exists()
+        assert (fold / "log.txt").read_text().count("\n") >= 4
+    assert (run_dir / "results.md").exists() and (run_dir / "results.csv").exists()
+    assert (run_dir / "config.yaml").exists()
+
+
+def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(prepared, tmp_path):
+    run_dir = tmp_path / "run"
+    config = run_config(prepared, run_dir, [2], train={"max_steps": 400, "checkpoint_every_steps": 10})
+    killed = []
+
+    def kill_after_first_checkpoint(event):
+        if not killed and event["event"] == "checkpoint_saved" and event["attempt"] == 1:
+            killed.append(event["step"])
+            os.kill(event["pid"], signal.SIGKILL)
+
+    tail = EventTail(run_dir, kill_after_first_checkpoint)
+    try:
+        assert run(config, quiet_console()) == 0
+    finally:
+        tail.close()
+    assert killed, "the fold finished before it could be killed"
+
+    retrying = events_of(run_dir, "fold_retrying")
+    assert len(retrying) == 1 and "WorkerCrashedError" in retrying[0]["reason"]
+    starts = events_of(run_dir, "fold_started")
+    assert [e["attempt"] for e in starts] == [1, 2]
+    assert starts[1]["start_step"] >= killed[0] > 0
+    finished = events_of(run_dir, "fold_finished")
+    assert len(finished) == 1 and finished[0]["attempt"] == 2 and finished[0]["step"] == 400
+    results = json.load(open(str(run_dir / "results.json")))
+    assert results["folds"][0]["state"] == "done" and results["folds"][0]["attempts"] == 2
+
+
+def test_fold_without_retries_left_fails_while_others_finish(prepared, tmp_path):
+    run_dir = tmp_path / "run"
+    config = run_config(prepared, run_dir, [0, 1], train={"max_steps": 300, "checkpoint_every_steps": 10},
+                        scheduler={"max_retries": 0})
+    killed = []
+
+    def kill_fold_0(event):
+        if not killed and event.get("fold") == 0 and event["event"] == "checkpoint_saved":
+            killed.append(event["pid"])
+            os.kill(event["pid"], signal.SIGKILL)
+
+    tail = EventTail(run_dir, kill_fold_0)
+    try:
+        assert run(config, quiet_console()) == 1  # not every fold finished
+    finally:
+        tail.close()
+    results = json.load(open(str(run_dir / "results.json")))
+    states = {r["fold"]: r for r in results["folds"]}
+    assert states[0]["state"] == "failed" and "no retries left" in states[0]["reason"]
+    assert "age_top1" not in states[0]
+    assert states[1]["state"] == "done" and results["finished_folds"] == 1
+    assert "| 0 | failed |" in (run_dir / "results.md").read_text()
+
+
+def test_python_error_in_a_fold_is_not_retried(prepared, tmp_path):
+    run_dir = tmp_path / "run"
+    # A learning rate this large turns the loss into NaN within a few steps.
+    config = run_config(prepared, run_dir, [3], train={"learning_rate": 1.0e12, "clip_norm": 0.0, "max_steps": 50})
+    assert run(config, quiet_console()) == 1
+    failed = events_of(run_dir, "fold_failed")
+    assert len(failed) == 1 and "TrainingDiverged" in failed[0]["reason"] and "step" in failed[0]["reason"]
+    assert not events_of(run_dir, "fold_retrying")
