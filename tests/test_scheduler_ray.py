@@ -62,7 +62,7 @@ def test_five_folds_share_two_npus_without_collisions(prepared, tmp_path):
 
 def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(prepared, tmp_path):
     run_dir = tmp_path / "run"
-    config = run_config(prepared, run_dir, [2], train={"max_steps": 400, "checkpoint_every_steps": 10})
+    config = run_config(prepared, run_dir, [2], train={"max_steps": 150, "checkpoint_every_steps": 10})
     killed = []
 
     def kill_after_first_checkpoint(event):
@@ -83,14 +83,14 @@ def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(prepared, tmp_
     assert [e["attempt"] for e in starts] == [1, 2]
     assert starts[1]["start_step"] >= killed[0] > 0
     finished = events_of(run_dir, "fold_finished")
-    assert len(finished) == 1 and finished[0]["attempt"] == 2 and finished[0]["step"] == 400
+    assert len(finished) == 1 and finished[0]["attempt"] == 2 and finished[0]["step"] == 150
     results = json.load(open(str(run_dir / "results.json")))
     assert results["folds"][0]["state"] == "done" and results["folds"][0]["attempts"] == 2
 
 
 def test_fold_without_retries_left_fails_while_others_finish(prepared, tmp_path):
     run_dir = tmp_path / "run"
-    config = run_config(prepared, run_dir, [0, 1], train={"max_steps": 300, "checkpoint_every_steps": 10},
+    config = run_config(prepared, run_dir, [0, 1], train={"max_steps": 120, "checkpoint_every_steps": 10},
                         scheduler={"max_retries": 0})
     killed = []
 

@@ -1,0 +1,63 @@
+"""Several real Ray nodes on this machine (ray.cluster_utils.Cluster): losing a node."""
+
+import json
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from conftest import EventTail, quiet_console, run_config
+from scheduler import rundir
+from scheduler.driver import run
+
+STORE = 80 * 1024 * 1024
+
+
+@pytest.fixture
+def cluster():
+    # The head holds only the driver and the progress channel (0 CPUs): folds run on
+    # the two worker nodes, each with room for one fold.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": STORE})
+    ray.init(address=cluster.address, log_to_driver=False)  # before add_node, or remove_node refuses
+    workers = [cluster.add_node(num_cpus=1, object_store_memory=STORE) for _ in range(2)]
+    cluster.wait_for_nodes()
+    yield cluster, workers
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def node_of(workers, node_id):
+    """The cluster_utils node whose raylet has `node_id` (2.7.2's Node has no node_id)."""
+    sockets = {n["NodeID"]: n["RayletSocketName"] for n in ray.nodes()}
+    return next(w for w in workers if w.raylet_socket_name == sockets[node_id])
+
+
+def test_fold_of_a_lost_node_finishes_on_another(prepared, tmp_path, cluster):
+    cluster, workers = cluster
+    run_dir = tmp_path / "run"
+    config = run_config(prepared, run_dir, [0, 1], train={"max_steps": 120, "checkpoint_every_steps": 10})
+    removed = []
+
+    def remove_node_after_checkpoint(event):
+        if not removed and event["event"] == "checkpoint_saved" and event["fold"] == 0:
+            removed.append(event)
+            cluster.remove_node(node_of(workers, event["node_id"]))
+
+    tail = EventTail(run_dir, remove_node_after_checkpoint)
+    try:
+        assert run(config, quiet_console()) == 0
+    finally:
+        tail.close()
+    assert removed, "fold 0 finished before its node could be removed"
+
+    events = rundir.read_events(str(run_dir))
+    retry = [e for e in events if e["event"] == "fold_retrying"]
+    assert len(retry) == 1 and retry[0]["fold"] == 0
+    starts = [e for e in events if e["event"] == "fold_started" and e["fold"] == 0]
+    assert [e["attempt"] for e in starts] == [1, 2]
+    assert starts[1]["node_id"] != removed[0]["node_id"]
+    assert starts[1]["start_step"] >= removed[0]["step"] > 0
+    assert any(e["event"] == "notice" and "nodes" in e["text"] for e in events)
+    results = json.load(open(str(run_dir / "results.json")))
+    assert [r["state"] for r in results["folds"]] == ["done", "done"]
+    assert results["folds"][0]["attempts"] == 2
