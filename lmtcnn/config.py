@@ -64,7 +64,7 @@ class TrainConfig:
     decay_rate: float = 0.1
     steps_per_decay: int = 10000
     max_steps: int = 50000
-    # > 0 caps training at this many passes over the training split as well.
+    # > 0 trains this many passes over the training split instead of max_steps (as the seed).
     epochs: int = -1
     momentum: float = 0.9
     clip_norm: float = 4.0

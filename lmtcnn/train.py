@@ -10,7 +10,6 @@ Work directory layout (everything one fold produces):
   metrics.json   test metrics, written last: its presence means the fold is finished
 """
 
-import math
 import os
 import time
 
@@ -29,11 +28,11 @@ METRICS_FILE = "metrics.json"
 
 
 def total_steps(train_config, train_images):
-    """max_steps, capped by `epochs` passes over the training split when epochs > 0."""
-    steps = train_config.max_steps
+    """Steps of the run, with the seed's meaning: epochs > 0 replaces max_steps by
+    epochs * (train_images // batch_size); otherwise max_steps."""
     if train_config.epochs > 0:
-        steps = min(steps, int(math.ceil(train_config.epochs * train_images / train_config.batch_size)))
-    return steps
+        return max(train_config.epochs * (train_images // train_config.batch_size), 1)
+    return train_config.max_steps
 
 
 def train(config, fold, workdir, report=events.log_report, stop_requested=None):

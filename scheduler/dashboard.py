@@ -118,7 +118,8 @@ def format_event(event):
     elif kind in (ev.FOLD_FAILED, st.FOLD_RETRYING):
         what = "%s: %s" % ("failed" if kind == ev.FOLD_FAILED else "retrying", event["reason"])
     elif kind == ev.FOLD_STOPPED:
-        what = "stopped at step %d (checkpoint saved)" % event["step"]
+        what = ("stopped at step %d (checkpoint saved)" % event["step"] if event["step"] is not None
+                else "stopped before training began")
     elif kind == ev.MESSAGE:
         what = event["text"]
     else:

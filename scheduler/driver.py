@@ -56,6 +56,10 @@ class Run:
         self.pending = {}  # ObjectRef -> (fold, attempt)
         self.notified_unshared = False
         self.stopping = False  # after Ctrl-C: nothing is retried or resubmitted
+        # Fold attempts whose task has reported and not yet ended (finished, failed,
+        # stopped or died): after Ctrl-C the driver waits for these to save and stop,
+        # since Ray reports a cancelled task at once, before its handler has run.
+        self.active = set()
         if resumed:
             for event in rundir.read_events(run_dir):
                 st.apply(self.view, event)
@@ -66,6 +70,12 @@ class Run:
         if event["event"] == ev.MESSAGE and event.get("not_shared") and not self.notified_unshared:
             self.notified_unshared = True
             self.emit(ev.make(st.NOTICE, text=event["text"]))
+        if "attempt" in event and "pid" in event:  # sent by a fold task
+            key = (event["fold"], event["attempt"])
+            if event["event"] in (ev.FOLD_STOPPED, ev.FOLD_FINISHED, ev.FOLD_FAILED):
+                self.active.discard(key)
+            else:
+                self.active.add(key)
         self.log.append(event)
         st.apply(self.view, event)
         if not self.live_mode:
@@ -101,6 +111,7 @@ class Run:
             return
         except RayError as e:  # the worker process or its node died
             self.drain(channel)
+            self.active.discard((fold, attempt))
             if self.stopping:
                 return
             reason = "%s (attempt %d)" % (type(e).__name__, attempt)
@@ -253,8 +264,12 @@ def _stop(session, channel, live):
         ray.cancel(ref)
     deadline = time.time() + session.config.scheduler.stop_timeout_s
     try:
-        while session.pending and time.time() < deadline:
-            ready, _ = ray.wait(list(session.pending), num_returns=len(session.pending), timeout=POLL_S)
+        while (session.pending or session.active) and time.time() < deadline:
+            if session.pending:
+                ready, _ = ray.wait(list(session.pending), num_returns=len(session.pending), timeout=POLL_S)
+            else:
+                ready = []
+                time.sleep(POLL_S)
             session.drain(channel)
             for ref in ready:
                 session.collect(ref, None, None, channel, None)

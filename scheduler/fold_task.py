@@ -116,7 +116,7 @@ def _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel,
         config.train.cpu_threads = max(config.scheduler.cpus_per_fold, 1)
     workdir, shared = fold_workdir(run_dir, run_id, fold)
     os.makedirs(workdir, exist_ok=True)
-    finished = {}
+    finished, stopped = {}, []
 
     with open(os.path.join(workdir, "log.txt"), "a", encoding="utf-8") as log:
         def report(event):
@@ -127,6 +127,8 @@ def _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel,
             if event["event"] == ev.FOLD_FINISHED:
                 finished.update(event)
             else:
+                if event["event"] == ev.FOLD_STOPPED:
+                    stopped.append(event)
                 channel.push.remote(event)
 
         visible = {k: os.environ[k] for k in ("ASCEND_RT_VISIBLE_DEVICES", "ASCEND_DEVICE_ID",
@@ -138,7 +140,12 @@ def _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel,
                            text="%s does not see the run directory %s: fold %d writes to %s and is collected "
                                 "when it finishes; its checkpoints do not survive the loss of %s"
                                 % (host, run_dir, fold, workdir, host)))
-        from lmtcnn.train import train  # TensorFlow loads here, after the device variables
+        try:
+            from lmtcnn.train import train  # TensorFlow loads here, after the device variables
 
-        train(config, fold, workdir, report)
+            train(config, fold, workdir, report)
+        except KeyboardInterrupt:  # cancelled (Ctrl-C on the driver)
+            if not stopped:  # before training began: nothing new to save, but say so
+                report(ev.make(ev.FOLD_STOPPED, step=None))
+            raise
     return {"finished": finished, "archive": None if shared else pack_dir(workdir)}

@@ -92,7 +92,9 @@ def apply(view, event):
     elif kind == ev.EVAL_DONE:
         fold.last_eval = dict(event["metrics"], split=event["split"], step=event["step"])
     elif kind == ev.FOLD_STOPPED:
-        fold.state, fold.step = "stopped", event["step"]
+        fold.state = "stopped"
+        if event["step"] is not None:  # None: stopped before training began
+            fold.step = event["step"]
     elif kind in (ev.FOLD_FINISHED, FOLD_SKIPPED):
         fold.state, fold.metrics = "done", event["metrics"]
         fold.step = event["metrics"].get("step", fold.step)

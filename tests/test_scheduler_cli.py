@@ -5,14 +5,19 @@ directory that is not a run) end with exit status 2 and one line on stderr namin
 file, key or path; a dry run prints the plan and touches nothing.
 """
 
+import io
 import json
 import os
+import pathlib
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import yaml
+from rich.console import Console
 
 from conftest import ROOT
 
@@ -142,27 +147,69 @@ def manifest_counts(data_dir, fold):
     return entry["train"]["count"], entry["val"]["count"], entry["test"]["count"]
 
 
-def test_dry_run_prints_the_plan_and_creates_nothing(prepared, tmp_path):
-    runs_root = tmp_path / "runs"
-    path = config_for(tmp_path, prepared, runs_root=str(runs_root))
-    result = scheduler("run", path, "--dry-run")
+@pytest.fixture
+def short_dir():
+    """A directory with a short path (/tmp/lmtXXXXXXXX): the plan's rows then fit the
+    120 columns the scheduler prints into a pipe (see test_plan_rows_keep_long_paths)."""
+    path = tempfile.mkdtemp(prefix="lmt", dir="/tmp")
+    yield path
+    shutil.rmtree(path)
+
+
+def test_dry_run_prints_the_plan_and_creates_nothing(prepared, short_dir):
+    data_dir = os.path.join(short_dir, "d")
+    os.symlink(prepared, data_dir)
+    runs_root = os.path.join(short_dir, "r")
+    write_yaml(pathlib.Path(short_dir, "run.yaml"),
+               {"name": "cli", "data": {"data_dir": data_dir}, "model": {"image_size": 64},
+                "scheduler": {"folds": [0, 1], "runs_root": runs_root}})
+    result = scheduler("run", os.path.join(short_dir, "run.yaml"), "--dry-run")
     assert result.returncode == 0, result.stderr
-    # stdout is a pipe: the scheduler prints for a 120-column log.
     lines = result.stdout.splitlines()
     assert lines[0].startswith("plan: cli on a local Ray instance, {CPU: 1} per fold")
-    rows = {}
-    for line in lines:
-        if line.startswith("│"):
-            cells = [c.strip() for c in line.strip().strip("│").split("│")]
-            rows[cells[0]] = cells
+    rows = body_rows(result.stdout)
     assert sorted(rows) == ["0", "1"], result.stdout
     for fold in (0, 1):
         data, resource, output = rows[str(fold)][1:]
-        assert data == "%s  %d/%d/%d" % ((prepared,) + manifest_counts(prepared, fold)), data
+        assert data == "%s  %d/%d/%d" % ((data_dir,) + manifest_counts(prepared, fold)), data
         assert resource == "cpu {CPU: 1}"
-        assert output == os.path.join(str(runs_root), "cli-<time>", "fold_%d" % fold), output
-    assert not runs_root.exists()
+        assert output == os.path.join(runs_root, "cli-<time>", "fold_%d" % fold), output
+    assert not os.path.exists(runs_root)
+    assert sorted(os.listdir(short_dir)) == ["d", "run.yaml"]
     assert [line for line in result.stderr.splitlines() if line.strip() and not RAY_LOG_LINE.match(line)] == []
+
+
+def body_rows(text):
+    """{first cell: cells} of a rich table's body rows."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.strip().strip("│").split("│")]
+            rows[cells[0]] = cells
+    return rows
+
+
+@pytest.mark.xfail(strict=True, reason="scheduler/plan.py plan_table: every column is no_wrap and the data "
+                                       "directory repeats in each row, so at the 120 columns of a pipe "
+                                       "(scheduler/__main__.py) rich drops the fold and resource columns "
+                                       "and cuts the paths with an ellipsis")
+def test_plan_rows_keep_long_paths():
+    from lmtcnn.config import build_config
+    from scheduler.config import RunConfig
+    from scheduler.plan import plan_table
+
+    config = build_config({"name": "cv5", "data": {"data_dir": "/data/adience/prepared"}}, RunConfig)
+    counts = {k: {"train": 11136, "val": 1242, "test": 3879} for k in range(5)}
+    run_dir = "/shared/lmtcnn/runs/cv5-<time>"
+    console = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)
+    console.print(plan_table(config, counts, "npu", {"CPU": 1, "NPU": 1}, run_dir, "10.0.0.1:6379"))
+    text = console.file.getvalue()
+    rows = body_rows(text)
+    assert sorted(rows) == ["0", "1", "2", "3", "4"], text
+    for fold in range(5):
+        assert "11136/1242/3879" in rows[str(fold)][1], text
+        assert "npu {CPU: 1, NPU: 1}" in rows[str(fold)], text
+        assert "/shared/lmtcnn/runs/cv5-<time>/fold_%d" % fold in rows[str(fold)], text
 
 
 @pytest.mark.parametrize("override, words", [
@@ -181,6 +228,11 @@ def test_a_request_no_node_can_hold_exits_2(prepared, tmp_path, override, words)
     assert not (tmp_path / "runs").exists()
 
 
+# Ray 2.5x+ turns on token authentication for a local instance, and a second process
+# then fails to connect unless it sets RAY_AUTH_MODE=token; Ray 2.7.2 ignores the variable.
+NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
+
+
 @pytest.mark.xfail(ray_version() < (2, 10), strict=True,
                    reason="scheduler/driver.py connect(): with no scheduler.address it passes _system_config "
                           "to ray.init (Ray < 2.10), which Ray refuses when RAY_ADDRESS names a running "
@@ -194,12 +246,12 @@ def test_dry_run_joins_the_cluster_named_by_ray_address(prepared, tmp_path):
                                "print(context.address_info['gcs_address'], flush=True)\n"
                                "sys.stdin.read()\n"],
         cwd=str(tmp_path), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        universal_newlines=True, env=dict(os.environ, RAY_ADDRESS="local"))
+        universal_newlines=True, env=dict(os.environ, RAY_ADDRESS="local", **NO_TOKEN))
     try:
         address = helper.stdout.readline().strip()
         assert address, "the helper's Ray instance did not start"
-        result = scheduler("run", config_for(tmp_path, prepared), "--dry-run", env={"RAY_ADDRESS": address},
-                           timeout=90)
+        result = scheduler("run", config_for(tmp_path, prepared), "--dry-run",
+                           env=dict(NO_TOKEN, RAY_ADDRESS=address), timeout=90)
         assert result.returncode == 0, result.stderr
         assert "│ 0    │" in result.stdout and "│ 1    │" in result.stdout, result.stdout
     finally:
