@@ -33,6 +33,9 @@ def build_training_graph(config, train_files, stored_size, seed=0):
             train_files, tc.batch_size, mc.image_size, stored_size, tc.shuffle_buffer, tc.preprocess_threads, seed)
         age_logits, gender_logits, _ = build_lmtcnn(images, mc.type, is_training=True,
                                                     dropout_prob=mc.dropout_prob, bn_decay=mc.batch_norm_decay)
+        # The network's variables (weights, BN statistics), taken before the optimizer adds
+        # its Momentum slots under the same "lmtcnn/" scope.
+        model_variables = [v for v in tf.global_variables() if v.op.name.startswith("lmtcnn/")]
         loss = multitask_loss(age_logits, gender_logits, ages, genders, tc)
         learning_rate = tf.train.exponential_decay(tc.learning_rate, global_step, tc.steps_per_decay,
                                                    tc.decay_rate, staircase=True)
@@ -52,8 +55,9 @@ def build_training_graph(config, train_files, stored_size, seed=0):
             input_pipeline.eval_batches(tc.batch_size, mc.image_size, stored_size, tc.preprocess_threads)
         e_age_logits, e_gender_logits, _ = build_lmtcnn(e_images, mc.type, is_training=False)
 
-        model_variables = [v for v in tf.global_variables() if v.op.name.startswith("lmtcnn/")]
-        saver = tf.train.Saver(max_to_keep=tc.keep_checkpoints)
+        # Relative paths in checkpoints/checkpoint: a moved or collected fold directory
+        # resumes from its own files, not from wherever it was first written.
+        saver = tf.train.Saver(max_to_keep=tc.keep_checkpoints, save_relative_paths=True)
         # Final weights: the network (with BN statistics) and nothing of the optimizer.
         weights_saver = tf.train.Saver(model_variables)
     return TrainingGraph(graph, global_step, train_op, step_after, loss, learning_rate, saver, weights_saver,

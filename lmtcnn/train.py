@@ -69,22 +69,22 @@ def train(config, fold, workdir, report=events.log_report, stop_requested=None):
         writer = tf.summary.FileWriter(os.path.join(workdir, "tensorboard"), graph=None)
         report(events.make(events.FOLD_STARTED, device=device, start_step=start_step, total_steps=steps,
                            train_images=train_count, tf_version=VERSION))
-        step = start_step
         try:
-            step = _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, report,
-                              stop_requested)
-        except KeyboardInterrupt:
-            if step_saved(sess, graph) > _latest_step(ckpt_dir):
+            _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, report, stop_requested)
+            step = step_saved(sess, graph)
+            if step > _latest_step(ckpt_dir):
                 _save_checkpoint(sess, graph, ckpt_dir, report)
-            report(events.make(events.FOLD_STOPPED, step=step_saved(sess, graph)))
+            graph.weights_saver.save(sess, os.path.join(workdir, "final", "model.ckpt"), write_meta_graph=False)
+            metrics = evaluate_split(sess, graph, config, fold, "test")
+        except KeyboardInterrupt:
+            # Stopped (Ctrl-C on the scheduler, or stop_requested): keep the progress.
+            step = step_saved(sess, graph)
+            if step > _latest_step(ckpt_dir):
+                _save_checkpoint(sess, graph, ckpt_dir, report)
+            report(events.make(events.FOLD_STOPPED, step=step))
             raise
         finally:
             writer.close()
-        step = step_saved(sess, graph)
-        if step > _latest_step(ckpt_dir):
-            _save_checkpoint(sess, graph, ckpt_dir, report)
-        graph.weights_saver.save(sess, os.path.join(workdir, "final", "model.ckpt"), write_meta_graph=False)
-        metrics = evaluate_split(sess, graph, config, fold, "test")
     metrics.update(step=int(step), wall_s=round(time.time() - started, 1), device=device,
                    batch_norm="moving averages", model_type=config.model.type)
     write_json_atomic(os.path.join(workdir, METRICS_FILE), metrics)
@@ -129,7 +129,6 @@ def _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, re
             writer.add_summary(tf.Summary(value=[
                 tf.Summary.Value(tag="val/" + k, simple_value=metrics[k])
                 for k in ("age_top1", "age_top2", "age_one_off", "gender")]), step)
-    return step
 
 
 def step_saved(sess, graph):

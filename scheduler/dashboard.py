@@ -119,7 +119,7 @@ def format_event(event):
         what = "%s: %s" % ("failed" if kind == ev.FOLD_FAILED else "retrying", event["reason"])
     elif kind == ev.FOLD_STOPPED:
         what = ("stopped at step %d (checkpoint saved)" % event["step"] if event["step"] is not None
-                else "stopped before training began")
+                else "stopped before training started")
     elif kind == ev.MESSAGE:
         what = event["text"]
     else:

@@ -145,7 +145,7 @@ def _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel,
 
             train(config, fold, workdir, report)
         except KeyboardInterrupt:  # cancelled (Ctrl-C on the driver)
-            if not stopped:  # before training began: nothing new to save, but say so
+            if not stopped:  # before the trainer's session existed: nothing to save, but say so
                 report(ev.make(ev.FOLD_STOPPED, step=None))
             raise
     return {"finished": finished, "archive": None if shared else pack_dir(workdir)}
