@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from lmtcnn import input_pipeline
+from lmtcnn import input_pipeline, workdir as layout
 from lmtcnn.device import activate_device, resolve_device, session_config
 from lmtcnn.errors import UserError
 from lmtcnn.metrics import compute_metrics
@@ -50,10 +50,9 @@ def build_eval_graph(config, stored_size):
 def find_checkpoint(path):
     """A checkpoint prefix from a prefix, a fold work directory or a checkpoints/ folder."""
     if os.path.isdir(path):
-        for candidate in (os.path.join(path, "final", "model.ckpt"),):
-            if os.path.exists(candidate + ".index"):
-                return candidate
-        for folder in (path, os.path.join(path, "checkpoints")):
+        if os.path.exists(layout.final_weights(path) + ".index"):
+            return layout.final_weights(path)
+        for folder in (path, layout.checkpoints(path)):
             latest = tf.train.latest_checkpoint(folder)
             if latest:
                 return latest

@@ -2,12 +2,7 @@
 
 The same function runs from `python -m lmtcnn train`, from a test and inside a Ray
 task; it holds no global state and reports progress only through `report`.
-
-Work directory layout (everything one fold produces):
-  checkpoints/   model.ckpt-<step>.* and TF's `checkpoint` index (resume point)
-  tensorboard/   scalar summaries
-  final/         the trained weights without optimizer state (model.ckpt.*)
-  metrics.json   test metrics, written last: its presence means the fold is finished
+What it writes into the work directory: see lmtcnn.workdir.
 """
 
 import os
@@ -15,7 +10,7 @@ import time
 
 import numpy as np
 
-from lmtcnn import events
+from lmtcnn import events, workdir as layout
 from lmtcnn.device import activate_device, resolve_device, session_config
 from lmtcnn.errors import TrainingDiverged, UserError
 from lmtcnn.evaluate import evaluate_split
@@ -23,9 +18,6 @@ from lmtcnn.files import write_json_atomic
 from lmtcnn.graph import build_training_graph
 from lmtcnn.prepare import load_manifest, split_files
 from lmtcnn.tfcompat import VERSION, tf
-
-METRICS_FILE = "metrics.json"
-
 
 def total_steps(train_config, train_images):
     """Steps of the run, with the seed's meaning: epochs > 0 replaces max_steps by
@@ -61,12 +53,12 @@ def train(config, fold, workdir, report=events.log_report, stop_requested=None):
     os.makedirs(workdir, exist_ok=True)
 
     graph = build_training_graph(config, train_files, manifest["image_size"], seed=config.train.seed + fold)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt_dir = layout.checkpoints(workdir)
     tf_config = session_config(device, config.train.cpu_threads, config.train.npu_precision_mode)
     with graph.tf_graph.as_default(), tf.Session(config=tf_config) as sess:
         sess.run(tf.global_variables_initializer())
         start_step = _restore_or_warm_start(sess, graph, ckpt_dir, config.train.pretrained_checkpoint, report)
-        writer = tf.summary.FileWriter(os.path.join(workdir, "tensorboard"), graph=None)
+        writer = tf.summary.FileWriter(layout.tensorboard(workdir), graph=None)
         report(events.make(events.FOLD_STARTED, device=device, start_step=start_step, total_steps=steps,
                            train_images=train_count, tf_version=VERSION))
         try:
@@ -74,7 +66,7 @@ def train(config, fold, workdir, report=events.log_report, stop_requested=None):
             step = step_saved(sess, graph)
             if step > _latest_step(ckpt_dir):
                 _save_checkpoint(sess, graph, ckpt_dir, report)
-            graph.weights_saver.save(sess, os.path.join(workdir, "final", "model.ckpt"), write_meta_graph=False)
+            graph.weights_saver.save(sess, layout.final_weights(workdir), write_meta_graph=False)
             metrics = evaluate_split(sess, graph, config, fold, "test")
         except KeyboardInterrupt:
             # Stopped (Ctrl-C on the scheduler, or stop_requested): keep the progress.
@@ -87,14 +79,14 @@ def train(config, fold, workdir, report=events.log_report, stop_requested=None):
             writer.close()
     metrics.update(step=int(step), wall_s=round(time.time() - started, 1), device=device,
                    batch_norm="moving averages", model_type=config.model.type)
-    write_json_atomic(os.path.join(workdir, METRICS_FILE), metrics)
+    write_json_atomic(layout.metrics_file(workdir), metrics)
     report(events.make(events.FOLD_FINISHED, step=int(step), metrics=metrics, wall_s=metrics["wall_s"]))
     return metrics
 
 
 def _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, report, stop_requested):
     tc = config.train
-    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt_dir = layout.checkpoints(workdir)
     # One fixed fetch list every step: on the NPU a new fetch set recompiles the graph,
     # so summaries are written from these Python values, not from summary ops.
     fetches = [graph.step_after, graph.loss, graph.learning_rate]

@@ -150,11 +150,11 @@ def unpack(archive, destination):
 def finished_folds(run_dir, folds):
     """Folds whose metrics.json exists: done in an earlier session, never run again."""
     from lmtcnn.files import read_json
-    from lmtcnn.train import METRICS_FILE
+    from lmtcnn.workdir import metrics_file
 
     done = {}
     for fold in folds:
-        path = os.path.join(rundir.fold_dir(run_dir, fold), METRICS_FILE)
+        path = metrics_file(rundir.fold_dir(run_dir, fold))
         if os.path.isfile(path):
             done[fold] = read_json(path)
     return done
