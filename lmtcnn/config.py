@@ -154,9 +154,12 @@ def load_config(path, schema=Config, overrides=(), ignore_keys=()):
         raise UserError("%s: the top level must be a mapping of sections (data:, model:, train:)" % path)
     for key in ignore_keys:
         raw.pop(key, None)
+    config = build_config(raw, schema, origin=path)
+    # Each override is checked on its own, so an error names `--set key=value`, not the file.
     for item in overrides:
         apply_override(raw, item)
-    return build_config(raw, schema, origin=path)
+        config = build_config(raw, schema, origin="--set %s" % item)
+    return config
 
 
 def apply_override(raw, item):

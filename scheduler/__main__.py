@@ -85,19 +85,24 @@ def run_command(args, console):
 
 
 def replay(run_dir):
+    """(view of the run from its events.jsonl, whether its driver still runs)."""
     from scheduler import state as st
-    from scheduler.rundir import read_events
+    from scheduler.rundir import driver_alive, read_events
 
     view = st.RunView()
     for event in read_events(run_dir):
         st.apply(view, event)
-    return view
+    alive = driver_alive(run_dir)
+    if not alive:
+        st.mark_interrupted(view)
+    return view, alive
 
 
 def table_command(args, console):
     from scheduler.results import build_results, to_table
 
-    console.print(to_table(build_results(replay(args.run_dir))))
+    view, _ = replay(args.run_dir)
+    console.print(to_table(build_results(view)))
     return 0
 
 
@@ -105,24 +110,19 @@ def status_command(args, console):
     from rich.table import Table
 
     from scheduler.dashboard import format_duration
-    from scheduler.rundir import driver_alive
 
-    view = replay(args.run_dir)
-    alive = driver_alive(args.run_dir)
+    view, alive = replay(args.run_dir)
     run_state = "running" if alive else (view.ended or "interrupted (driver gone)")
     table = Table(title="%s: %s" % (args.run_dir, run_state), title_justify="left")
     for column in ("fold", "state", "attempts", "host:device", "step", "note"):
         table.add_column(column, no_wrap=True)
     for k in sorted(view.folds):
         f = view.folds[k]
-        fold_state = f.state
-        if not alive and f.state in ("running", "retrying", "queued"):
-            fold_state = "interrupted"  # its checkpoint is the resume point
         note = f.reason
         if f.state == "done" and f.metrics:
             note = "age top-1 %.2f%%, gender %.2f%%, %s" % (100 * f.metrics["age_top1"], 100 * f.metrics["gender"],
                                                           format_duration(f.wall_s))
-        table.add_row(str(k), fold_state, str(f.attempt), "%s:%s" % (f.host, f.device) if f.host else "-",
+        table.add_row(str(k), f.state, str(f.attempt), "%s:%s" % (f.host, f.device) if f.host else "-",
                       "%d/%d" % (f.step, f.total_steps) if f.total_steps else str(f.step), note)
     console.print(table)
     if not alive and any(f.state not in ("done",) for f in view.folds.values()):

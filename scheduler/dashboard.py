@@ -13,7 +13,7 @@ from lmtcnn import events as ev
 from scheduler import state as st
 
 STATE_STYLES = {"queued": "dim", "running": "cyan", "retrying": "yellow", "done": "green",
-                "failed": "bold red", "stopped": "magenta"}
+                "failed": "bold red", "stopped": "magenta", "interrupted": "magenta"}
 BAR_WIDTH = 16
 
 

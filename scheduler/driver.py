@@ -24,7 +24,8 @@ NPU_SYSTEM_CONFIG = {"custom_unit_instance_resources": "neuron_cores,TPU,NPU"}
 
 
 def connect(address, local_npus):
-    """Join `address`, or start a local Ray instance. Returns True when we started it."""
+    """Join `address` (or $RAY_ADDRESS, which `ray job submit` sets), or start a local Ray
+    instance. Returns True when we started it."""
     import glob
 
     import ray
@@ -33,16 +34,30 @@ def connect(address, local_npus):
         return False
     # Worker output stays in each fold's log.txt; printed here it would tear the live view.
     options = dict(log_to_driver=False, logging_level=logging.WARNING)
+    address = cluster_address(address)
     if address:
         ray.init(address=address, **options)
         return False
     npus = len(glob.glob("/dev/davinci[0-9]*")) if local_npus < 0 else local_npus
-    major, minor = (int(x) for x in ray.__version__.split(".")[:2])
-    if (major, minor) < (2, 10):
+    if ray_version() < (2, 10):
         # Without it Ray 2.7.2 gives every NPU task instance 0.
         options["_system_config"] = NPU_SYSTEM_CONFIG
-    ray.init(resources={pl.NPU: npus} if npus else None, **options)
+    # "local": a new instance even when `ray start` left one running on this machine.
+    ray.init(address="local", resources={pl.NPU: npus} if npus else None, **options)
     return True
+
+
+def cluster_address(configured):
+    """The cluster to join: the configured one, else $RAY_ADDRESS; "" (or "local") for a
+    new local instance."""
+    address = configured or os.environ.get("RAY_ADDRESS", "")
+    return "" if address == "local" else address
+
+
+def ray_version():
+    import ray
+
+    return tuple(int(x) for x in ray.__version__.split(".")[:2])
 
 
 class Run:
@@ -170,7 +185,7 @@ def run(config, console, resume_dir=None, live=False, dry_run=False):
     counts = ensure_data(config, say=lambda text: console.print(text, highlight=False))
     started_ray = connect(config.scheduler.address, config.scheduler.local_npus)
     try:
-        where = config.scheduler.address or "a local Ray instance"
+        where = cluster_address(config.scheduler.address) or "a local Ray instance"
         nodes = pl.alive_nodes()
         placement = pl.choose_placement(config.scheduler.device, nodes)
         request = pl.resource_request(placement, config.scheduler.cpus_per_fold)

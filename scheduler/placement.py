@@ -54,7 +54,7 @@ def check_feasible(request, nodes, where):
                     ", ".join("%s %g" % (k, v) for k, v in sorted(n["Resources"].items())
                               if k in ("CPU", "GPU", NPU)) or "nothing")
         for n in nodes) or "no alive node"
-    raise UserError("scheduler.device: no node of %s can hold one fold's request %s (nodes offer %s); "
+    raise UserError("scheduler.device/cpus_per_fold: no node of %s can hold one fold's request %s (nodes offer %s); "
                     "start hosts with cluster/start-*.sh, or set scheduler.device / scheduler.cpus_per_fold "
                     "to what the cluster has" % (where, format_request(request), offered))
 

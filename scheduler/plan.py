@@ -41,14 +41,18 @@ def ensure_data(config, say=print):
 
 
 def plan_table(config, counts, placement, request, run_dir, where):
+    """The plan: the shared paths once, then one row per fold."""
+    from rich.console import Group
+    from rich.text import Text
+
     from scheduler.placement import format_request
 
-    table = Table(title="plan: %s on %s, %s per fold" % (config.name, where, format_request(request)),
-                  title_justify="left")
-    for column in ("fold", "data (train/val/test)", "resource", "output directory"):
+    table = Table()
+    for column in ("fold", "train/val/test images", "resource", "output"):
         table.add_column(column, no_wrap=True)
     for fold in config.scheduler.folds:
         c = counts[fold]
-        table.add_row(str(fold), "%s  %d/%d/%d" % (config.data.data_dir, c["train"], c["val"], c["test"]),
-                      "%s %s" % (placement, format_request(request)), os.path.join(run_dir, "fold_%d" % fold))
-    return table
+        table.add_row(str(fold), "%d/%d/%d" % (c["train"], c["val"], c["test"]),
+                      "%s %s" % (placement, format_request(request)), "fold_%d/" % fold)
+    return Group(Text("plan: %s on %s" % (config.name, where)), Text("data: %s" % config.data.data_dir),
+                 Text("run directory: %s" % run_dir), table)

@@ -60,7 +60,9 @@ def apply(view, event):
         view.started_at = view.started_at or event["time"]
         view.ended = ""
         for k in event["folds"]:
-            view.folds.setdefault(k, FoldView(k))
+            fold = view.folds.setdefault(k, FoldView(k))
+            if fold.state not in FINAL_STATES:  # a resumed session starts them afresh
+                fold.state = "queued"
         return view
     if kind == NOTICE:
         view.notices.append(event["text"])
@@ -74,11 +76,12 @@ def apply(view, event):
             return view  # a late event of an attempt that has been superseded
         fold.attempt = event["attempt"]
     if kind == FOLD_QUEUED:
-        fold.state = "queued" if fold.attempt <= 1 else "retrying"
+        # "retrying" lasts from a lost attempt until the fold ends; a resumed fold is queued.
+        fold.state = "retrying" if fold.state == "retrying" else "queued"
     elif kind == FOLD_RETRYING:
         fold.state, fold.reason = "retrying", event["reason"]
     elif kind == ev.FOLD_STARTED:
-        fold.state = "running" if fold.attempt <= 1 else "retrying"
+        fold.state = "retrying" if fold.state == "retrying" else "running"
         fold.host, fold.device = event.get("host", ""), event.get("device_label", event["device"])
         fold.step, fold.total_steps = event["start_step"], event["total_steps"]
         fold.rate_origin, fold.steps_per_s = None, None
@@ -102,6 +105,14 @@ def apply(view, event):
         fold.images_per_s = None if kind == FOLD_SKIPPED else fold.images_per_s
     elif kind == ev.FOLD_FAILED:
         fold.state, fold.reason = "failed", event["reason"]
+    return view
+
+
+def mark_interrupted(view):
+    """For a run whose driver is gone: unfinished folds are interrupted, not running."""
+    for fold in view.folds.values():
+        if fold.state in ("queued", "running", "retrying"):
+            fold.state = "interrupted"
     return view
 
 

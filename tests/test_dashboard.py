@@ -6,10 +6,13 @@ into a plain-text console with a fixed `now`; no Ray, TensorFlow or disk is invo
 """
 
 import io
+import subprocess
+import sys
 
 import pytest
 from rich.console import Console
 
+from conftest import ROOT
 from lmtcnn import events as ev
 from scheduler import dashboard
 from scheduler import state as st
@@ -230,6 +233,18 @@ def test_fold_stopped():
     assert "stopping: each running fold saves a checkpoint" in text.splitlines()
 
 
+def test_fold_stopped_before_training_keeps_the_restored_step():
+    # A stop before the first step reports step None (lmtcnn/events.py): the fold keeps the
+    # step it was started from, and the plain line says training had not started.
+    stop = trainer(ev.FOLD_STOPPED, 2, 2, "worker-2", "NPU3", 600, step=None)
+    no_steps = [e for e in script() if (e.get("fold"), e.get("attempt"), e["event"]) != (2, 2, ev.STEP_DONE)]
+    view = build_view(no_steps + [stop])
+    fold = view.folds[2]
+    assert (fold.state, fold.step, fold.attempt) == ("stopped", 400, 2)
+    assert cell(rows(draw(view))[2], "progress").endswith(" 400/1000")
+    assert dashboard.format_event(stop) == "fold 2 try 2 worker-2:NPU3  stopped before training started"
+
+
 def test_fold_skipped_marks_a_fold_finished_in_an_earlier_session():
     earlier = metrics(0.45, 0.7, 0.88, 0.8, 114, step=TOTAL, wall_s=900.0)
     view = build_view([ev.make(st.RUN_STARTED, time=T0, name="cv5", run_dir="/r", folds=[0, 1],
@@ -327,3 +342,11 @@ def test_format_event_does_not_change_the_event():
                                            (3600, "1:00:00"), (90061, "25:01:01")])
 def test_format_duration(seconds, text):
     assert dashboard.format_duration(seconds) == text
+
+
+def test_the_view_imports_neither_ray_nor_tensorflow():
+    code = ("import sys; import scheduler.dashboard, scheduler.state, scheduler.results; "
+            "print(sorted(m for m in ('ray', 'tensorflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, check=True,
+                         universal_newlines=True).stdout
+    assert out.strip() == "[]"

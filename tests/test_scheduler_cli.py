@@ -35,18 +35,34 @@ def ray_version():
     return tuple(int(x) for x in ray.__version__.split(".")[:2])
 
 
-def scheduler(*args, env=None, timeout=120):
-    """Run `python -m scheduler ARGS` from the repository root; returns CompletedProcess.
+def start_scheduler(*args, env=None):
+    """Start `python -m scheduler ARGS` from the repository root.
 
     RAY_ADDRESS=local: a run without an address starts its own Ray instance even when this
     machine runs another one (ray.init() would otherwise join a `ray start` cluster).
-    The timeout only guards against a hang (Ray waits forever on an infeasible request).
     """
     full_env = dict(os.environ, RAY_ADDRESS="local")
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "scheduler"] + [str(a) for a in args], cwd=ROOT,
-                          env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=timeout)
+    return subprocess.Popen([sys.executable, "-m", "scheduler"] + [str(a) for a in args], cwd=ROOT,
+                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True)
+
+
+def finish(process, timeout=120):
+    """Wait for `process`; the timeout only guards against a hang (Ray waits forever on a
+    request no node can hold, which the scheduler must refuse before submitting)."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def scheduler(*args, env=None, timeout=120):
+    """Run `python -m scheduler ARGS` to the end; returns a CompletedProcess."""
+    return finish(start_scheduler(*args, env=env), timeout=timeout)
 
 
 def error_line(result, ray_started=False):
@@ -58,6 +74,16 @@ def error_line(result, ray_started=False):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: "), lines[0]
     return lines[0]
+
+
+def body_rows(text):
+    """{first cell: cells} of a rich table's body rows."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.strip().strip("│").split("│")]
+            rows[cells[0]] = cells
+    return rows
 
 
 def write_yaml(path, data):
@@ -106,9 +132,6 @@ def test_bad_override_exits_2(tmp_path, args, words):
         assert word in line
 
 
-@pytest.mark.xfail(strict=True, reason="lmtcnn/config.py load_config: an override's error names the YAML file "
-                                       "instead of --set (build_config(raw, schema, origin=path) after the "
-                                       "overrides were merged into raw)")
 def test_a_bad_override_key_is_blamed_on_set_not_the_file(tmp_path):
     path = config_for(tmp_path, tmp_path / "nodata")
     result = scheduler("run", path, "--dry-run", "--set", "scheduler.devise=npu")
@@ -150,7 +173,7 @@ def manifest_counts(data_dir, fold):
 @pytest.fixture
 def short_dir():
     """A directory with a short path (/tmp/lmtXXXXXXXX): the plan's rows then fit the
-    120 columns the scheduler prints into a pipe (see test_plan_rows_keep_long_paths)."""
+    120 columns the scheduler prints into a pipe (see test_plan_rows_keep_counts_resource_and_paths)."""
     path = tempfile.mkdtemp(prefix="lmt", dir="/tmp")
     yield path
     shutil.rmtree(path)
@@ -165,78 +188,71 @@ def test_dry_run_prints_the_plan_and_creates_nothing(prepared, short_dir):
                 "scheduler": {"folds": [0, 1], "runs_root": runs_root}})
     result = scheduler("run", os.path.join(short_dir, "run.yaml"), "--dry-run")
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("plan: cli on a local Ray instance, {CPU: 1} per fold")
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert lines[0] == "plan: cli on a local Ray instance"
+    assert lines[1] == "data: %s" % data_dir
+    assert lines[2] == "run directory: %s" % os.path.join(runs_root, "cli-<time>")
     rows = body_rows(result.stdout)
     assert sorted(rows) == ["0", "1"], result.stdout
     for fold in (0, 1):
         data, resource, output = rows[str(fold)][1:]
-        assert data == "%s  %d/%d/%d" % ((data_dir,) + manifest_counts(prepared, fold)), data
+        assert data == "%d/%d/%d" % manifest_counts(prepared, fold), data
         assert resource == "cpu {CPU: 1}"
-        assert output == os.path.join(runs_root, "cli-<time>", "fold_%d" % fold), output
+        assert output == "fold_%d/" % fold, output
     assert not os.path.exists(runs_root)
     assert sorted(os.listdir(short_dir)) == ["d", "run.yaml"]
     assert [line for line in result.stderr.splitlines() if line.strip() and not RAY_LOG_LINE.match(line)] == []
 
 
-def body_rows(text):
-    """{first cell: cells} of a rich table's body rows."""
-    rows = {}
-    for line in text.splitlines():
-        if line.startswith("│"):
-            cells = [c.strip() for c in line.strip().strip("│").split("│")]
-            rows[cells[0]] = cells
-    return rows
-
-
-@pytest.mark.xfail(strict=True, reason="scheduler/plan.py plan_table: every column is no_wrap and the data "
-                                       "directory repeats in each row, so at the 120 columns of a pipe "
-                                       "(scheduler/__main__.py) rich drops the fold and resource columns "
-                                       "and cuts the paths with an ellipsis")
-def test_plan_rows_keep_long_paths():
+@pytest.mark.parametrize("width, data_dir, run_dir", [
+    (120, "/mnt/nfs/datasets/adience/prepared-227", "/mnt/nfs/experiments/lmtcnn/runs/cv5-<time>"),
+    (80, "data/adience", "runs/cv5-<time>"),  # configs/cv5.yaml's own paths
+])
+def test_plan_rows_keep_counts_resource_and_paths(width, data_dir, run_dir):
     from lmtcnn.config import build_config
     from scheduler.config import RunConfig
     from scheduler.plan import plan_table
 
-    config = build_config({"name": "cv5", "data": {"data_dir": "/data/adience/prepared"}}, RunConfig)
+    config = build_config({"name": "cv5", "data": {"data_dir": data_dir}}, RunConfig)
     counts = {k: {"train": 11136, "val": 1242, "test": 3879} for k in range(5)}
-    run_dir = "/shared/lmtcnn/runs/cv5-<time>"
-    console = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
     console.print(plan_table(config, counts, "npu", {"CPU": 1, "NPU": 1}, run_dir, "10.0.0.1:6379"))
     text = console.file.getvalue()
+    assert "…" not in text, text
     rows = body_rows(text)
     assert sorted(rows) == ["0", "1", "2", "3", "4"], text
     for fold in range(5):
-        assert "11136/1242/3879" in rows[str(fold)][1], text
-        assert "npu {CPU: 1, NPU: 1}" in rows[str(fold)], text
-        assert "/shared/lmtcnn/runs/cv5-<time>/fold_%d" % fold in rows[str(fold)], text
+        row = " ".join(rows[str(fold)])
+        assert "11136/1242/3879" in row and "npu {CPU: 1, NPU: 1}" in row, text
+        assert "fold_%d/" % fold in row, text
+    # The shared paths stand once, above the table (a long one may fold).
+    squeezed = "".join(text.split())
+    assert "".join(run_dir.split()) in squeezed and "".join(data_dir.split()) in squeezed, text
 
 
-@pytest.mark.parametrize("override, words", [
-    ("scheduler.device=npu", ["NPU: 1", "scheduler.device"]),
-    ("scheduler.cpus_per_fold=64", ["CPU: 64", "scheduler.cpus_per_fold"]),
-])
-def test_a_request_no_node_can_hold_exits_2(prepared, tmp_path, override, words):
+def test_requests_no_node_can_hold_exit_2(prepared, tmp_path):
     # local_npus=0: the local Ray instance declares no NPU even on a host with /dev/davinci*.
     path = config_for(tmp_path, prepared, local_npus=0)
-    result = scheduler("run", path, "--set", override, timeout=90)
-    assert result.returncode == 2, result.stderr
-    line = error_line(result, ray_started=True)
-    assert "no node of a local Ray instance can hold" in line
-    for word in words:
-        assert word in line
+    cases = {"scheduler.device=npu": ["{CPU: 1, NPU: 1}", "scheduler.device"],
+             "scheduler.cpus_per_fold=64": ["{CPU: 64}", "scheduler.cpus_per_fold"]}
+    # Both start (and stop) their own local Ray instance; started together, they overlap.
+    runs = {override: start_scheduler("run", path, "--set", override) for override in cases}
+    for override, words in cases.items():
+        result = finish(runs[override], timeout=60)
+        assert result.returncode == 2, (override, result.stderr)
+        line = error_line(result, ray_started=True)
+        assert "no node of a local Ray instance can hold one fold's request" in line
+        for word in words:
+            assert word in line, line
     assert not (tmp_path / "runs").exists()
 
 
-# Ray 2.5x+ turns on token authentication for a local instance, and a second process
-# then fails to connect unless it sets RAY_AUTH_MODE=token; Ray 2.7.2 ignores the variable.
+# Ray 2.60 turns on token authentication for a new local instance, and another process's
+# ray.init(address) is refused unless it sets RAY_AUTH_MODE=token; the helper's instance
+# opts out. Ray 2.7.2 ignores the variable.
 NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
 
 
-@pytest.mark.xfail(ray_version() < (2, 10), strict=True,
-                   reason="scheduler/driver.py connect(): with no scheduler.address it passes _system_config "
-                          "to ray.init (Ray < 2.10), which Ray refuses when RAY_ADDRESS names a running "
-                          "cluster: a ValueError traceback under `ray job submit`")
 def test_dry_run_joins_the_cluster_named_by_ray_address(prepared, tmp_path):
     """`ray job submit -- python -m scheduler run ...` (cluster/README.md) runs the driver with
     RAY_ADDRESS set to the cluster; the scheduler must join it rather than fail."""
@@ -253,7 +269,7 @@ def test_dry_run_joins_the_cluster_named_by_ray_address(prepared, tmp_path):
         result = scheduler("run", config_for(tmp_path, prepared), "--dry-run",
                            env=dict(NO_TOKEN, RAY_ADDRESS=address), timeout=90)
         assert result.returncode == 0, result.stderr
-        assert "│ 0    │" in result.stdout and "│ 1    │" in result.stdout, result.stdout
+        assert result.stdout.startswith("plan: cli on "), result.stdout
     finally:
         helper.stdin.close()  # the helper returns and shuts its Ray instance down
         try:
@@ -274,6 +290,46 @@ def test_status_and_table_of_a_directory_that_is_no_run_exit_2(tmp_path, command
     result = scheduler(command, str(missing))
     assert result.returncode == 2
     assert str(missing) in error_line(result)
+
+
+def test_status_and_table_replay_a_run_directory(tmp_path):
+    """A run whose driver is gone: status calls the unfinished fold interrupted and says
+    how to resume; table shows the finished fold's numbers and the other's state."""
+    from lmtcnn import events as ev
+    from scheduler import state as st
+
+    run_dir = tmp_path / "cv5-1"
+    run_dir.mkdir()
+    metrics = {"count": 117, "age_top1": 0.523, "age_top2": 0.75, "age_one_off": 0.9, "gender": 0.812,
+               "age_confusion": [[0] * 8 for _ in range(8)], "step": 150, "wall_s": 95.0}
+    events = [ev.make(st.RUN_STARTED, name="cv5", run_dir=str(run_dir), folds=[0, 1], placement="cpu {CPU: 1}",
+                      where="a local Ray instance", resumed=False)]
+    for fold in (0, 1):
+        events += [ev.make(st.FOLD_QUEUED, fold=fold, attempt=1),
+                   ev.make(ev.FOLD_STARTED, fold=fold, attempt=1, host="vm", device_label="CPU", device="cpu",
+                           start_step=0, total_steps=150, train_images=391)]
+    events += [ev.make(ev.FOLD_FINISHED, fold=0, attempt=1, host="vm", device_label="CPU", step=150,
+                       metrics=metrics, wall_s=95.0),
+               ev.make(ev.STEP_DONE, fold=1, attempt=1, host="vm", device_label="CPU", step=60, total_steps=150,
+                       loss=1.5, learning_rate=0.01, images_per_s=300.0)]
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + '{"event": "step_d')
+    (run_dir / "run.json").write_text(json.dumps({"run_id": "abc", "host": "vm", "pid": 1, "ended": "interrupted"}))
+
+    result = scheduler("status", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    rows = body_rows(result.stdout)
+    assert rows["0"][1:5] == ["done", "1", "vm:CPU", "150/150"], result.stdout
+    assert rows["0"][5].startswith("age top-1 52.30%, gender 81.20%, 1:35"), result.stdout
+    assert rows["1"][1:5] == ["interrupted", "1", "vm:CPU", "60/150"], result.stdout
+    assert "resume with: python -m scheduler run --resume %s" % run_dir in result.stdout
+
+    result = scheduler("table", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    rows = body_rows(result.stdout)
+    assert rows["0"][1:5] == ["52.30", "75.00", "90.00", "81.20"], result.stdout
+    # The unfinished fold shows a state word and no number.
+    assert rows["1"][1].isalpha() and rows["1"][2:6] == ["", "", "", ""], result.stdout
+    assert rows["mean"][1] == "52.30"
 
 
 def make_run_dir(tmp_path, data_dir):
