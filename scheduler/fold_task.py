@@ -7,6 +7,7 @@ with the task, and the device variables are set before TensorFlow is first impor
 import fcntl
 import io
 import os
+import shutil
 import socket
 import tarfile
 import tempfile
@@ -148,4 +149,8 @@ def _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel,
             if not stopped:  # before the trainer's session existed: nothing to save, but say so
                 report(ev.make(ev.FOLD_STOPPED, step=None))
             raise
-    return {"finished": finished, "archive": None if shared else pack_dir(workdir)}
+    if shared:
+        return {"finished": finished, "archive": None}
+    archive = pack_dir(workdir)
+    shutil.rmtree(workdir, ignore_errors=True)  # the driver's copy is the one that counts
+    return {"finished": finished, "archive": archive}
