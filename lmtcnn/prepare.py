@@ -53,6 +53,8 @@ def prepare(adience_dir, out_dir, image_set="aligned", workers=None, split_lists
                               name.split("/")[0], age, gender)
                  for name, (age, gender) in sorted(labels.items())]
     else:
+        seen = set()  # an image listed twice (even in two folds) is kept once, where first seen
+        faces_by_fold = {fold: _unique(faces, dropped, seen) for fold, faces in sorted(faces_by_fold.items())}
         roles = adience.own_split(faces_by_fold, seed=seed)
         faces = [f for fold in sorted(faces_by_fold) for f in faces_by_fold[fold]]
     if not faces:
@@ -67,6 +69,18 @@ def prepare(adience_dir, out_dir, image_set="aligned", workers=None, split_lists
     manifest = _manifest(kept, roles, written, dropped, skipped, image_set, split_lists, seed)
     write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
     return manifest
+
+
+def _unique(faces, dropped, seen):
+    """Faces whose image is not in `seen` (which they join); repeats are counted as dropped."""
+    unique = []
+    for face in faces:
+        if face.name in seen:
+            dropped["duplicate row"] += 1
+        else:
+            seen.add(face.name)
+            unique.append(face)
+    return unique
 
 
 def _write_records(adience_dir, out_dir, image_set, faces, roles, workers, progress):

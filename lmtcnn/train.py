@@ -145,6 +145,8 @@ def _restore_or_warm_start(sess, graph, ckpt_dir, pretrained, report):
     latest = tf.train.latest_checkpoint(ckpt_dir)
     if latest:
         graph.saver.restore(sess, latest)
+        # Let train.keep_checkpoints also prune the checkpoints of earlier attempts.
+        graph.saver.recover_last_checkpoints(tf.train.get_checkpoint_state(ckpt_dir).all_model_checkpoint_paths)
         report(events.make(events.MESSAGE, text="resumed from %s" % latest))
         return step_saved(sess, graph)
     if pretrained:

@@ -62,3 +62,23 @@ def test_own_split_is_subject_exclusive_and_deterministic(raw_adience):
 def test_faces_image_set_maps_list_names(tmp_path):
     path = adience.image_path("/d", "faces", "u1/landmark_aligned_face.3.x.jpg")
     assert path == os.path.join("/d", "faces", "u1", "coarse_tilt_aligned_face.3.x.jpg")
+
+
+def test_prepare_keeps_a_repeated_row_once(raw_adience, tmp_path):
+    import shutil
+
+    from lmtcnn.prepare import prepare
+
+    copy = str(tmp_path / "raw")
+    shutil.copytree(raw_adience, copy)
+    fold_1 = os.path.join(copy, "fold_1_data.txt")
+    lines = open(fold_1).read().splitlines()
+    repeated = next(line for line in lines[1:] if adience.parse_age(line.split("\t")[3]) is not None
+                    and adience.parse_gender(line.split("\t")[4]) is not None)
+    with open(fold_1, "a") as f:
+        f.write(repeated + "\n")
+    manifest = prepare(copy, str(tmp_path / "out"), workers=1)
+    assert manifest["dropped_rows"]["duplicate row"] == 1
+    for k in range(5):
+        roles = manifest["folds"][str(k)]
+        assert sum(roles[r]["count"] for r in adience.ROLES) == manifest["images"]
