@@ -29,6 +29,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/input_vs_step.py
+	$(PY) bench/prepare_workers.py
 
 clean:
 	rm -rf .venv .venv-tf1 .venv-tf2 .pytest_cache

@@ -2,6 +2,7 @@
 and collecting a fold that ran where the run directory is not visible."""
 
 import os
+import tempfile
 
 import pytest
 
@@ -10,7 +11,8 @@ from scheduler.driver import unpack
 from scheduler.fold_task import claim_device, fold_workdir, pack_dir, set_device_env
 
 
-def test_second_claim_of_one_device_fails_with_the_fix(tmp_path):
+def test_second_claim_of_one_device_fails_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # lock files go here
     first = claim_device("node-a", "npu", 3)
     try:
         with pytest.raises(RuntimeError, match="custom_unit_instance_resources"):
@@ -37,7 +39,9 @@ def test_npu_environment_shows_one_chip_as_logical_zero(monkeypatch):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
 
 
-def test_fold_on_a_host_without_the_run_directory_is_staged_and_collected(tmp_path):
+def test_fold_on_a_host_without_the_run_directory_is_staged_and_collected(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "host-tmp"))  # the other host's local disk
+    os.makedirs(tempfile.tempdir)
     run_dir = str(tmp_path / "run")
     os.makedirs(run_dir)
     record = rundir.record_driver(run_dir, rundir.make_run_id())
@@ -46,7 +50,7 @@ def test_fold_on_a_host_without_the_run_directory_is_staged_and_collected(tmp_pa
 
     # Another host sees no run.json of this run (or another run's): it writes locally.
     staged, shared = fold_workdir(run_dir, "someone-else", 2)
-    assert not shared and not staged.startswith(run_dir)
+    assert not shared and staged.startswith(tempfile.tempdir)
     os.makedirs(os.path.join(staged, "final"))
     with open(os.path.join(staged, "final", "model.ckpt.index"), "wb") as f:
         f.write(b"weights")
