@@ -48,11 +48,20 @@ def main(argv=None):
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from lmtcnn.errors import TrainingDiverged
+
     try:
         return COMMANDS[args.command](args)
     except UserError as e:
         print("error: %s" % e, file=sys.stderr)
         return e.exit_status
+    except TrainingDiverged as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if args.command == "train":
+            print("stopped; the last checkpoint is kept: run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 def run_synth(args):
@@ -91,8 +100,10 @@ def format_prepare_summary(manifest, out):
 def run_summary(args):
     from lmtcnn.model import format_summary
 
-    if not 35 <= args.image_size <= 256:
-        raise UserError("--image-size %d: must be between 35 and 256" % args.image_size)
+    from lmtcnn.config import MIN_IMAGE_SIZE
+
+    if not MIN_IMAGE_SIZE <= args.image_size <= 256:
+        raise UserError("--image-size %d: must be between %d and 256" % (args.image_size, MIN_IMAGE_SIZE))
     print(format_summary(args.model_type, args.image_size))
     return 0
 

@@ -6,6 +6,8 @@ the key, before any work starts. `--set a.b=value` overrides go through the same
 """
 
 import dataclasses
+import functools
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -14,6 +16,11 @@ import yaml
 from lmtcnn.errors import UserError
 
 MODEL_TYPES = ("LMTCNN-1-1", "LMTCNN-2-1")
+MIN_IMAGE_SIZE = 47  # conv 7/4 -> pool 3/2 -> depthwise /2 -> pool 3/2 must leave 1x1
+# Ascend `precision_mode` values of the TF 1.15 adapter; "" keeps the chip's default.
+NPU_PRECISION_MODES = ("", "allow_fp32_to_fp16", "force_fp16", "force_fp32", "must_keep_origin_dtype",
+                       "allow_mix_precision", "allow_mix_precision_fp16", "allow_mix_precision_bf16",
+                       "allow_fp32_to_bf16", "cube_fp16in_fp32out")
 DEVICES = ("auto", "cpu", "gpu", "npu")
 
 
@@ -47,8 +54,9 @@ class ModelConfig:
     def validate(self):
         if self.type not in MODEL_TYPES:
             yield "type", "must be one of %s" % ", ".join(MODEL_TYPES)
-        if not 35 <= self.image_size <= 256:
-            yield "image_size", "must be between 35 and 256 pixels (stored images are 256x256)"
+        if not MIN_IMAGE_SIZE <= self.image_size <= 256:
+            yield "image_size", "must be between %d (smaller leaves nothing for the last pooling) and 256 " \
+                                "pixels (stored images are 256x256)" % MIN_IMAGE_SIZE
         if not 0.0 <= self.dropout_prob < 1.0:
             yield "dropout_prob", "must be in [0, 1)"
         if not 0.0 < self.batch_norm_decay < 1.0:
@@ -111,7 +119,10 @@ class TrainConfig:
             if getattr(self, key) < 0:
                 yield key, "must be >= 0"
         if self.epochs == 0 or self.epochs < -1:
-            yield "epochs", "must be -1 (no cap) or > 0"
+            yield "epochs", "must be -1 (use max_steps) or > 0"
+        if self.npu_precision_mode not in NPU_PRECISION_MODES:
+            yield "npu_precision_mode", "must be empty (the chip's default) or one of %s" % ", ".join(
+                NPU_PRECISION_MODES[1:])
 
 
 @dataclass
@@ -227,6 +238,8 @@ def _coerce(kind, value, origin, key):
             return value
     elif kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UserError("%s: key '%s' must be a finite number, got %r" % (origin, key, value))
             return float(value)
         if isinstance(value, str):
             raise UserError("%s: key '%s' must be a number, got the string %r (YAML reads 1e-4 as "
@@ -251,4 +264,5 @@ def _validate(config, origin, prefix):
         if dataclasses.is_dataclass(value):
             _validate(value, origin, prefix + f.name + ".")
     for key, problem in config.validate() if hasattr(config, "validate") else ():
-        raise UserError("%s: key '%s%s' %s (got %r)" % (origin, prefix, key, problem, getattr(config, key)))
+        value = functools.reduce(getattr, key.split("."), config)  # cross-section rules use dotted keys
+        raise UserError("%s: key '%s%s' %s (got %r)" % (origin, prefix, key, problem, value))

@@ -18,9 +18,10 @@ def npu_present():
 
 
 def gpu_present():
-    from tensorflow.python.client import device_lib
+    from lmtcnn.tfcompat import tf
 
-    return any(d.device_type == "GPU" for d in device_lib.list_local_devices())
+    # Lists devices without creating them, so the session's allow_growth still applies.
+    return bool(tf.config.experimental.list_physical_devices("GPU"))
 
 
 def resolve_device(requested):

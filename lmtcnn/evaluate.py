@@ -5,11 +5,11 @@ import os
 
 import numpy as np
 
-from lmtcnn import input_pipeline, workdir as layout
+from lmtcnn import workdir as layout
 from lmtcnn.device import activate_device, resolve_device, session_config
 from lmtcnn.errors import UserError
+from lmtcnn.graph import build_eval_tower
 from lmtcnn.metrics import compute_metrics
-from lmtcnn.model import build_lmtcnn
 from lmtcnn.prepare import load_manifest, split_files
 from lmtcnn.tfcompat import tf
 
@@ -40,11 +40,9 @@ def build_eval_graph(config, stored_size):
     """An evaluation-only graph (BN moving averages) with a saver for the model weights."""
     graph = tf.Graph()
     with graph.as_default():
-        iterator, files, padding, (images, ages, genders, valid) = input_pipeline.eval_batches(
-            config.train.batch_size, config.model.image_size, stored_size, config.train.preprocess_threads)
-        age_logits, gender_logits, _ = build_lmtcnn(images, config.model.type, is_training=False)
+        iterator, files, padding, outputs = build_eval_tower(config, stored_size)
         saver = tf.train.Saver([v for v in tf.global_variables() if v.op.name.startswith("lmtcnn/")])
-    return EvalGraph(graph, iterator, files, padding, (age_logits, gender_logits, ages, genders, valid), saver)
+    return EvalGraph(graph, iterator, files, padding, outputs, saver)
 
 
 def find_checkpoint(path):

@@ -51,9 +51,7 @@ def build_training_graph(config, train_files, stored_size, seed=0):
         with tf.control_dependencies([train_op]):
             step_after = tf.identity(global_step.read_value())
 
-        iterator, eval_files, eval_padding, (e_images, e_ages, e_genders, e_valid) = \
-            input_pipeline.eval_batches(tc.batch_size, mc.image_size, stored_size, tc.preprocess_threads)
-        e_age_logits, e_gender_logits, _ = build_lmtcnn(e_images, mc.type, is_training=False)
+        iterator, eval_files, eval_padding, eval_outputs = build_eval_tower(config, stored_size)
 
         # Relative paths in checkpoints/checkpoint: a moved or collected fold directory
         # resumes from its own files, not from wherever it was first written.
@@ -61,5 +59,17 @@ def build_training_graph(config, train_files, stored_size, seed=0):
         # Final weights: the network (with BN statistics) and nothing of the optimizer.
         weights_saver = tf.train.Saver(model_variables)
     return TrainingGraph(graph, global_step, train_op, step_after, loss, learning_rate, saver, weights_saver,
-                         model_variables, iterator, eval_files, eval_padding,
-                         (e_age_logits, e_gender_logits, e_ages, e_genders, e_valid))
+                         model_variables, iterator, eval_files, eval_padding, eval_outputs)
+
+
+def build_eval_tower(config, stored_size):
+    """The network on a fed split, with BN moving averages, in the current graph.
+
+    Returns (iterator, files placeholder, padding placeholder,
+    (age_logits, gender_logits, ages, genders, valid)); see input_pipeline.eval_batches.
+    """
+    tc, mc = config.train, config.model
+    iterator, files, padding, (images, ages, genders, valid) = input_pipeline.eval_batches(
+        tc.batch_size, mc.image_size, stored_size, tc.preprocess_threads)
+    age_logits, gender_logits, _ = build_lmtcnn(images, mc.type, is_training=False)
+    return iterator, files, padding, (age_logits, gender_logits, ages, genders, valid)

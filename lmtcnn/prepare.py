@@ -10,6 +10,7 @@ validation sets differ per fold; at most 80 groups) without five copies of the d
 import collections
 import multiprocessing
 import os
+import random
 import sys
 import time
 
@@ -89,7 +90,10 @@ def _write_records(adience_dir, out_dir, image_set, faces, roles, workers, progr
     records_dir = os.path.join(out_dir, "records")
     os.makedirs(records_dir, exist_ok=True)
     by_path = {adience.image_path(adience_dir, image_set, f.name): f for f in faces}
-    tasks = [(path, STORED_SIZE, JPEG_QUALITY) for path in by_path]
+    tasks = [(path, STORED_SIZE, JPEG_QUALITY) for path in sorted(by_path)]
+    # Fold files list a subject's photos together; records in a fixed random order let a
+    # modest shuffle buffer mix subjects and ages within every batch.
+    random.Random(0).shuffle(tasks)
     writers, written, skipped = {}, {}, []
     # Spawned (not forked) workers: the parent may hold TensorFlow, which must not be
     # copied into children; the workers import only OpenCV.

@@ -42,6 +42,16 @@ def train(config, fold, workdir, report=events.log_report, stop_requested=None):
       KeyboardInterrupt when stopped (after saving a checkpoint).
     """
     started = time.time()
+    try:
+        return _train(config, fold, workdir, report, stop_requested, started)
+    except KeyboardInterrupt:
+        raise  # reported as FOLD_STOPPED where the step is known
+    except Exception as e:
+        report(events.make(events.FOLD_FAILED, reason="%s: %s" % (type(e).__name__, e)))
+        raise
+
+
+def _train(config, fold, workdir, report, stop_requested, started):
     device = resolve_device(config.train.device)
     activate_device(device)
     manifest = load_manifest(config.data.data_dir)
@@ -52,13 +62,19 @@ def train(config, fold, workdir, report=events.log_report, stop_requested=None):
     steps = total_steps(config.train, train_count)
     os.makedirs(workdir, exist_ok=True)
 
-    graph = build_training_graph(config, train_files, manifest["image_size"], seed=config.train.seed + fold)
     ckpt_dir = layout.checkpoints(workdir)
+    # A resumed attempt shuffles differently from the first (same seed, other offset), so
+    # it does not replay the images the first attempt began with.
+    seed = config.train.seed + 1000 * fold + max(_latest_step(ckpt_dir), 0)
+    graph = build_training_graph(config, train_files, manifest["image_size"], seed=seed)
     tf_config = session_config(device, config.train.cpu_threads, config.train.npu_precision_mode)
     with graph.tf_graph.as_default(), tf.Session(config=tf_config) as sess:
         sess.run(tf.global_variables_initializer())
         start_step = _restore_or_warm_start(sess, graph, ckpt_dir, config.train.pretrained_checkpoint, report)
         writer = tf.summary.FileWriter(layout.tensorboard(workdir), graph=None)
+        if start_step:
+            # TensorBoard drops what an earlier attempt logged after this step.
+            writer.add_session_log(tf.SessionLog(status=tf.SessionLog.START), start_step)
         report(events.make(events.FOLD_STARTED, device=device, start_step=start_step, total_steps=steps,
                            train_images=train_count, tf_version=VERSION))
         try:

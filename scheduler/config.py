@@ -40,11 +40,21 @@ class SchedulerConfig:
             yield "max_retries", "must be >= 0"
         if self.stop_timeout_s <= 0:
             yield "stop_timeout_s", "must be > 0"
+        if self.local_npus < -1:
+            yield "local_npus", "must be -1 (count /dev/davinci<N>) or >= 0"
 
 
 @dataclass
 class RunConfig(Config):
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def validate(self):
+        yield from Config.validate(self)
+        # Training on an accelerator needs that accelerator placed (it is what keeps two
+        # folds off one chip); training on the CPU may sit on any placement.
+        if self.train.device in ("npu", "gpu") and self.scheduler.device not in ("auto", self.train.device):
+            yield "train.device", "needs scheduler.device %s or auto (got scheduler.device %s)" % (
+                self.train.device, self.scheduler.device)
 
 
 def load_run_config(path, overrides=()):

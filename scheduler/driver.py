@@ -3,8 +3,9 @@
 import io
 import logging
 import os
-import sys
+import signal
 import tarfile
+import threading
 import time
 
 from rich.live import Live
@@ -119,10 +120,13 @@ class Run:
         try:
             result = ray.get(ref)
         except TaskCancelledError:
-            return
+            return  # the fold reports its own stop (it stays in `active` until then)
         except RayTaskError as e:  # a Python error inside the fold: retrying would repeat it
             self.drain(channel)
-            self.emit(ev.make(ev.FOLD_FAILED, fold=fold, attempt=attempt, reason=task_error_reason(e)))
+            self.active.discard((fold, attempt))
+            view = self.view.folds[fold]
+            if not (view.state == "failed" and view.attempt == attempt):  # the trainer may have said so
+                self.emit(ev.make(ev.FOLD_FAILED, fold=fold, attempt=attempt, reason=task_error_reason(e)))
             return
         except RayError as e:  # the worker process or its node died
             self.drain(channel)
@@ -182,18 +186,25 @@ def run(config, console, resume_dir=None, live=False, dry_run=False):
     """
     import ray
 
-    counts = ensure_data(config, say=lambda text: console.print(text, highlight=False))
+    resolve_paths(config)
+    if resume_dir and rundir.driver_alive(resume_dir):
+        raise UserError("%s: its driver is still running (see run.json); watch it with "
+                        "`python -m scheduler status %s`" % (resume_dir, resume_dir))
+    counts = ensure_data(config, say=lambda text: console.print(text, highlight=False), generate=not dry_run)
     started_ray = connect(config.scheduler.address, config.scheduler.local_npus)
     try:
         where = cluster_address(config.scheduler.address) or "a local Ray instance"
         nodes = pl.alive_nodes()
         placement = pl.choose_placement(config.scheduler.device, nodes)
+        if config.train.device in ("npu", "gpu") and placement != config.train.device:
+            raise UserError("train.device %s: the folds are placed on %s (scheduler.device %s); set train.device "
+                            "auto or %s" % (config.train.device, placement, config.scheduler.device, placement))
         request = pl.resource_request(placement, config.scheduler.cpus_per_fold)
         pl.check_feasible(request, nodes, where)
         if dry_run:
             target = resume_dir or config.scheduler.run_dir or os.path.join(
                 config.scheduler.runs_root, "%s-<time>" % config.name)
-            console.print(plan_table(config, counts, placement, request, target, where))
+            console.print(plan_table(config, counts, placement, request, os.path.abspath(target), where))
             return 0
         run_dir = resume_dir or rundir.new_run_dir(config)
         if not resume_dir:
@@ -202,6 +213,36 @@ def run(config, console, resume_dir=None, live=False, dry_run=False):
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def resolve_paths(config):
+    """Absolute input paths: fold tasks run in the Ray worker's directory, not the driver's."""
+    config.data.data_dir = os.path.abspath(config.data.data_dir)
+    if config.train.pretrained_checkpoint:
+        config.train.pretrained_checkpoint = os.path.abspath(config.train.pretrained_checkpoint)
+
+
+class StopRequest:
+    """SIGINT while the driver runs: the first asks for a clean stop (a flag the loop reads
+    between steps, so no task result is half handled); the second raises KeyboardInterrupt."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _drive(config, console, run_dir, resumed, live_mode, placement, request, where, node_count):
@@ -222,44 +263,50 @@ def _drive(config, console, run_dir, resumed, live_mode, placement, request, whe
     for fold in folds:
         if fold in done:
             session.emit(ev.make(st.FOLD_SKIPPED, fold=fold, metrics=done[fold]))
-    channel = start_channel()
-    for fold in folds:
-        if fold not in done:
-            attempt = session.view.folds[fold].attempt + 1 if fold in session.view.folds else 1
-            session.submit(fold, attempt, placement, request, channel, run_id)
-    status = 0
+    outcome = "crashed"  # until proven otherwise: run.json must not claim "finished"
+    # Ray's own warnings (a worker died, memory pressure) print above the live view.
     live = Live(render(session.view, time.time()), console=console, auto_refresh=False,
-                redirect_stdout=False, redirect_stderr=False) if live_mode else None
+                redirect_stdout=True, redirect_stderr=True) if live_mode else None
     try:
-        if live is not None:
-            live.start()
-        try:
-            _watch(session, channel, placement, request, run_id, live)
-        except KeyboardInterrupt:
-            status = _stop(session, channel, live)
-        finally:
+        with StopRequest() as stop:
+            channel = start_channel()
+            for fold in folds:
+                if fold not in done:
+                    attempt = session.view.folds[fold].attempt + 1 if fold in session.view.folds else 1
+                    session.submit(fold, attempt, placement, request, channel, run_id)
             if live is not None:
-                session.refresh(live)
-                live.stop()
-        if status == 0:
-            session.emit(ev.make(st.RUN_FINISHED))
+                live.start()
+            try:
+                _watch(session, channel, placement, request, run_id, live, stop)
+                if stop.requested:
+                    _stop(session, channel, live)
+                    outcome = "interrupted"
+                else:
+                    session.emit(ev.make(st.RUN_FINISHED))
+                    outcome = "finished"
+            finally:
+                if live is not None:
+                    session.refresh(live)
+                    live.stop()
     finally:
         session.log.close()
-        rundir.mark_ended(run_dir, "interrupted" if status else "finished")
+        rundir.mark_ended(run_dir, outcome)
+    if outcome == "interrupted":
+        st.mark_interrupted(session.view)
     results = build_results(session.view)
     write_results(run_dir, results)
     console.print(to_table(results))
     console.print("results: %s/results.{md,csv,json}" % run_dir, highlight=False)
-    if status:
+    if outcome == "interrupted":
         console.print("interrupted; resume with: python -m scheduler run --resume %s" % run_dir, highlight=False)
-        return status
+        return 130
     return 0 if all(row["state"] == "done" for row in results["folds"]) else 1
 
 
-def _watch(session, channel, placement, request, run_id, live):
+def _watch(session, channel, placement, request, run_id, live, stop):
     import ray
 
-    while session.pending:
+    while session.pending and not stop.requested:
         ready, _ = ray.wait(list(session.pending), num_returns=len(session.pending), timeout=POLL_S)
         session.drain(channel)
         for ref in ready:
@@ -269,10 +316,9 @@ def _watch(session, channel, placement, request, run_id, live):
 
 
 def _stop(session, channel, live):
-    """Ctrl-C: every running fold saves a checkpoint and stops; a second Ctrl-C kills."""
+    """Every running fold saves a checkpoint and stops; a second Ctrl-C kills them."""
     import ray
 
-    resume = "python -m scheduler run --resume %s" % session.run_dir
     session.stopping = True
     session.emit(ev.make(st.NOTICE, text="stopping: each running fold saves a checkpoint (Ctrl-C again to kill)"))
     for ref in list(session.pending):
@@ -298,5 +344,4 @@ def _stop(session, channel, live):
         session.drain(channel)
     except Exception:  # the channel may already be gone with a dying cluster
         pass
-    session.emit(ev.make(st.RUN_INTERRUPTED, resume=resume))
-    return 130
+    session.emit(ev.make(st.RUN_INTERRUPTED, resume="python -m scheduler run --resume %s" % session.run_dir))

@@ -9,14 +9,17 @@ from lmtcnn.prepare import MANIFEST, load_manifest, prepare
 from lmtcnn.synth import synthesize
 
 
-def ensure_data(config, say=print):
+def ensure_data(config, say=print, generate=True):
     """Generate synthetic data on first use when configured; check every fold's splits.
 
-    Returns {fold: {"train": n, "val": n, "test": n}}.
+    Returns {fold: {"train": n, "val": n, "test": n}}, or None when synthetic data is
+    still to be generated and `generate` is False (a dry run does no work).
     Raises UserError naming the data directory and fold when something is missing.
     """
     data = config.data
     if data.synthetic_per_fold and not os.path.isfile(os.path.join(data.data_dir, MANIFEST)):
+        if not generate:
+            return None
         raw = os.path.join(data.data_dir, "raw")
         say("generating synthetic Adience data in %s (first use) ..." % raw)
         synthesize(raw, per_fold=data.synthetic_per_fold, seed=data.synthetic_seed)
@@ -37,6 +40,13 @@ def ensure_data(config, say=print):
             if role != "val" and entry[role]["count"] == 0:
                 raise UserError("%s: fold %d has no %s images" % (data.data_dir, fold, role))
             counts[fold][role] = entry[role]["count"]
+        if counts[fold]["train"] < config.train.batch_size:
+            raise UserError("%s: fold %d has %d training images, fewer than train.batch_size %d"
+                            % (data.data_dir, fold, counts[fold]["train"], config.train.batch_size))
+    pretrained = config.train.pretrained_checkpoint
+    if pretrained and not (os.path.isdir(pretrained) or os.path.exists(pretrained + ".index")):
+        raise UserError("train.pretrained_checkpoint %s: no checkpoint there (give a prefix such as "
+                        "model.ckpt-1000, or a directory holding a `checkpoint` file)" % pretrained)
     return counts
 
 
@@ -51,8 +61,8 @@ def plan_table(config, counts, placement, request, run_dir, where):
     for column in ("fold", "train/val/test images", "resource", "output"):
         table.add_column(column, no_wrap=True)
     for fold in config.scheduler.folds:
-        c = counts[fold]
-        table.add_row(str(fold), "%d/%d/%d" % (c["train"], c["val"], c["test"]),
+        c = counts[fold] if counts else None
+        table.add_row(str(fold), "%d/%d/%d" % (c["train"], c["val"], c["test"]) if c else "synthetic, made on run",
                       "%s %s" % (placement, format_request(request)), "fold_%d/" % fold)
     return Group(Text("plan: %s on %s" % (config.name, where)), Text("data: %s" % config.data.data_dir),
                  Text("run directory: %s" % run_dir), table)

@@ -74,6 +74,9 @@ def apply(view, event):
     if "attempt" in event:
         if event["attempt"] < fold.attempt:
             return view  # a late event of an attempt that has been superseded
+        if fold.state in FINAL_STATES and event["attempt"] == fold.attempt and kind not in (
+                FOLD_QUEUED, FOLD_RETRYING):
+            return view  # progress that arrived after the attempt's end
         fold.attempt = event["attempt"]
     if kind == FOLD_QUEUED:
         # "retrying" lasts from a lost attempt until the fold ends; a resumed fold is queued.

@@ -30,7 +30,7 @@ def test_second_claim_of_one_device_fails_with_the_fix(tmp_path, monkeypatch):
 
 def test_npu_environment_shows_one_chip_as_logical_zero(monkeypatch):
     for key in ("ASCEND_RT_VISIBLE_DEVICES", "ASCEND_DEVICE_ID", "CUDA_VISIBLE_DEVICES"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "unset")  # monkeypatch restores the original environment afterwards
     set_device_env("npu", 5)
     assert os.environ["ASCEND_RT_VISIBLE_DEVICES"] == "5" and os.environ["ASCEND_DEVICE_ID"] == "0"
     set_device_env("gpu", 2)

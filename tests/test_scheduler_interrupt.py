@@ -37,9 +37,13 @@ def wait_for_mixed_state(run_dir, timeout_s=240):
         except Exception:
             events = []
         finished = {e["fold"] for e in events if e["event"] == "fold_finished"}
-        saved = {e["fold"] for e in events if e["event"] == "checkpoint_saved" and e["step"] <= 20} - finished
-        if finished and saved:
-            return finished, saved
+        latest = {}
+        for e in events:
+            if e["event"] == "checkpoint_saved":
+                latest[e["fold"]] = e["step"]
+        early = {fold for fold, step in latest.items() if step <= 20 and fold not in finished}
+        if finished and early:
+            return finished, early
         time.sleep(0.1)
     raise AssertionError("the run never had a finished fold beside a checkpointed one")
 
