@@ -5,17 +5,20 @@
 #   VENV=...    environment directory (default .venv)
 
 VENV ?= .venv
-# Candidates are tried in order; a pyenv shim for an inactive version fails to run and
-# is skipped, so pyenv's own 3.7 install is looked up directly as well.
+# Candidates are tried in order and kept only if they run and are 3.7 or 3.10+ (the two
+# lanes); a pyenv shim of an inactive version fails to run, so pyenv's own 3.7 is looked
+# up directly as well.
+LANE_OK := import sys; v = sys.version_info[:2]; sys.exit(not (v == (3, 7) or v >= (3, 10)))
 PYTHON ?= $(shell for p in python3.7 $$(ls -d $$(pyenv root 2>/dev/null)/versions/3.7*/bin/python3.7 2>/dev/null) \
 	python3.13 python3.12 python3.11 python3.10 python3; do \
-	"$$p" -c 'import sys' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
+	"$$p" -c '$(LANE_OK)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 PY := $(VENV)/bin/python
 
 .PHONY: demo test bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
-	@test -n "$(PYTHON)" || { echo "no Python found; run make PYTHON=/path/to/python3.7 ..."; exit 2; }
+	@test -n "$(PYTHON)" || { echo "no Python 3.7 or 3.10+ found; run make PYTHON=/path/to/python3.7 ..."; exit 2; }
+	@"$(PYTHON)" -c '$(LANE_OK)' || { echo "$(PYTHON) is neither Python 3.7 (tf1 lane) nor 3.10+ (tf2 lane)"; exit 2; }
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; "$(PYTHON)" -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
