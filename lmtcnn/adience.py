@@ -143,8 +143,14 @@ def read_split_lists(split_dir):
                     name, age, gender = parts[0], int(parts[1]), int(parts[2])
                     if age >= len(AGE_GROUPS) or gender >= len(GENDERS):
                         raise UserError("%s:%d: age must be 0-7 and gender 0-1" % (path, number))
-                    roles.setdefault(name, [None] * NUM_FOLDS)[k] = role
-                    labels[name] = (age, gender)
+                    fold_roles = roles.setdefault(name, [None] * NUM_FOLDS)
+                    if fold_roles[k] is not None:
+                        raise UserError("%s:%d: %s is already in test_fold_is_%d's %s list; each image "
+                                        "belongs to one list per fold" % (path, number, name, k, fold_roles[k]))
+                    if labels.setdefault(name, (age, gender)) != (age, gender):
+                        raise UserError("%s:%d: %s has labels %d %d here but %d %d in another list"
+                                        % ((path, number, name, age, gender) + labels[name]))
+                    fold_roles[k] = role
     return roles, labels
 
 

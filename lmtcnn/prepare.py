@@ -44,16 +44,17 @@ def prepare(adience_dir, out_dir, image_set="aligned", workers=None, split_lists
         raise UserError("%s: already prepared (manifest.json exists); choose another --out or delete it" % out_dir)
     if image_set not in adience.IMAGE_SETS:
         raise UserError("--image-set %s: must be one of %s" % (image_set, ", ".join(adience.IMAGE_SETS)))
-    faces_by_fold, dropped = {}, collections.Counter()
-    for fold in range(adience.NUM_FOLDS):
-        faces_by_fold[fold], fold_dropped = adience.read_fold(adience_dir, fold, image_set)
-        dropped.update(fold_dropped)
-    if split_lists:
+    dropped = collections.Counter()
+    if split_lists:  # the lists hold the labels; the fold files are not needed
         roles, labels = adience.read_split_lists(split_lists)
         faces = [adience.Face(name, roles[name].index("test") if "test" in roles[name] else None,
                               name.split("/")[0], age, gender)
                  for name, (age, gender) in sorted(labels.items())]
     else:
+        faces_by_fold = {}
+        for fold in range(adience.NUM_FOLDS):
+            faces_by_fold[fold], fold_dropped = adience.read_fold(adience_dir, fold, image_set)
+            dropped.update(fold_dropped)
         seen = set()  # an image listed twice (even in two folds) is kept once, where first seen
         faces_by_fold = {fold: _unique(faces, dropped, seen) for fold, faces in sorted(faces_by_fold.items())}
         roles = adience.own_split(faces_by_fold, seed=seed)

@@ -109,6 +109,10 @@ def to_csv(results):
     return out.getvalue()
 
 
+def _triple(row):
+    return "%.2f/%.2f/%.2f" % (row["age_top1"], row["age_top2"], row["gender"])
+
+
 def to_table(results):
     """Rich tables: one row per fold, mean and std; then the published means beside them."""
     from rich.console import Group
@@ -122,9 +126,21 @@ def to_table(results):
     table.add_section()
     table.add_row(*mean, style="bold")
     table.add_row(*std)
-    published = Table(title="published (mean %, REFERENCE.md)", title_justify="left")
-    for i, name in enumerate(("source", "age top-1", "age top-2", "gender")):
-        published.add_column(name, justify="right" if i else "left", no_wrap=True)
-    for ref in results["reference"]:
-        published.add_row(ref["source"], *("%.2f" % v for v in ref["mean"]), style="dim")
+    # Fold by fold beside the published runs: age top-1 / age top-2 / gender, %.
+    published = Table(title="beside the published results (age top-1/top-2/gender %, REFERENCE.md)",
+                      title_justify="left")
+    sources = [("this run", None)] + [(source, folds) for source, folds, _ in REFERENCE_ROWS]
+    published.add_column("fold", no_wrap=True)
+    for source, _ in sources:
+        published.add_column(source, justify="right")
+    ours = {row["fold"]: row for row in results["folds"]}
+    for k in range(5):
+        mine = ours.get(k)
+        cells = [_triple(mine) if mine and mine["state"] == "done" else (mine["state"] if mine else "")]
+        cells += ["%.2f/%.2f/%.2f" % folds[k] if folds else "" for _, folds in sources[1:]]
+        published.add_row(str(k), *cells)
+    summary = results["summary"]
+    mean = "/".join("%.2f" % summary[k]["mean"] for k in ("age_top1", "age_top2", "gender")) if summary else "-"
+    published.add_section()
+    published.add_row("mean", mean, *("%.2f/%.2f/%.2f" % m for _, _, m in REFERENCE_ROWS), style="bold")
     return Group(table, published)

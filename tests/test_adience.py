@@ -82,3 +82,27 @@ def test_prepare_keeps_a_repeated_row_once(raw_adience, tmp_path):
     for k in range(5):
         roles = manifest["folds"][str(k)]
         assert sum(roles[r]["count"] for r in adience.ROLES) == manifest["images"]
+
+
+def write_lists(root, entries):
+    """entries: {(k, role): [lines]} for every fold and role (missing ones empty)."""
+    for k in range(5):
+        for role in adience.ROLES:
+            folder = root / ("test_fold_is_%d" % k)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / ("agegender_%s.txt" % role)).write_text("".join(entries.get((k, role), [])))
+
+
+def test_split_lists_reject_an_image_listed_twice_or_relabelled(tmp_path):
+    line = "u1/landmark_aligned_face.1.a.jpg 4 1\n"
+    write_lists(tmp_path / "ok", {(0, "test"): [line], (1, "train"): [line]})
+    roles, labels = adience.read_split_lists(str(tmp_path / "ok"))
+    assert roles["u1/landmark_aligned_face.1.a.jpg"] == ["test", "train", None, None, None]
+    assert labels["u1/landmark_aligned_face.1.a.jpg"] == (4, 1)
+
+    write_lists(tmp_path / "twice", {(0, "test"): [line], (0, "train"): [line]})
+    with pytest.raises(UserError, match="already in test_fold_is_0's test list"):
+        adience.read_split_lists(str(tmp_path / "twice"))
+    write_lists(tmp_path / "relabelled", {(0, "test"): [line], (1, "train"): [line.replace(" 4 1", " 5 1")]})
+    with pytest.raises(UserError, match="has labels 5 1 here but 4 1"):
+        adience.read_split_lists(str(tmp_path / "relabelled"))

@@ -178,11 +178,14 @@ def test_rich_table(results):
     assert body["3"] == ["3", "failed", "", "", "", "", "w2:NPU7", ""]
     assert body["mean"][1:5] == ["%.2f" % MEAN[k] for k in METRICS]
     assert body["std"][1:5] == ["%.2f" % STD[k] for k in METRICS]
-    published = {r[0]: r[1:] for r in rows if len(r) == 4}
-    assert len(published) == 4
-    for source, mean in PUBLISHED_MEANS.items():
-        (cells,) = [c for name, c in published.items() if name.startswith(source)]
-        assert cells == ["%.2f" % v for v in mean]
+    # Fold by fold beside the published runs: this run, then the sources of REFERENCE.md.
+    beside = {r[0]: r[1:] for r in rows if len(r) == 6}
+    assert sorted(beside) == ["0", "1", "2", "3", "4", "mean"]
+    assert beside["0"][0] == "%.2f/%.2f/%.2f" % (PERCENT[0][0], PERCENT[0][1], PERCENT[0][3])
+    assert beside["3"][0] == "failed"
+    assert beside["0"][1] == "49.06/73.42/83.63"  # Ascend port, GPU, fold 0
+    assert beside["mean"][0] == "%.2f/%.2f/%.2f" % (MEAN["age_top1"], MEAN["age_top2"], MEAN["gender"])
+    assert beside["mean"][1:] == ["%.2f/%.2f/%.2f" % mean for mean in PUBLISHED_MEANS.values()]
     assert "cv5: accuracy per test fold (%)" in text
 
 
