@@ -101,7 +101,7 @@ def test_split_lists_reject_an_image_listed_twice_or_relabelled(tmp_path):
     assert labels["u1/landmark_aligned_face.1.a.jpg"] == (4, 1)
 
     write_lists(tmp_path / "twice", {(0, "test"): [line], (0, "train"): [line]})
-    with pytest.raises(UserError, match="already in test_fold_is_0's test list"):
+    with pytest.raises(UserError, match="already in test_fold_is_0's train list"):
         adience.read_split_lists(str(tmp_path / "twice"))
     write_lists(tmp_path / "relabelled", {(0, "test"): [line], (1, "train"): [line.replace(" 4 1", " 5 1")]})
     with pytest.raises(UserError, match="has labels 5 1 here but 4 1"):
