@@ -29,6 +29,8 @@ def main():
     parser.add_argument("--per-fold", type=int, default=400)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    import lmtcnn.tfcompat  # noqa: F401 - loaded before timing; prepare loads it on first use
+
     work = tempfile.mkdtemp(prefix="lmtcnn-bench-")
     try:
         raw = os.path.join(work, "raw")

@@ -27,8 +27,6 @@ NPU_SYSTEM_CONFIG = {"custom_unit_instance_resources": "neuron_cores,TPU,NPU"}
 def connect(address, local_npus):
     """Join `address` (or $RAY_ADDRESS, which `ray job submit` sets), or start a local Ray
     instance. Returns True when we started it."""
-    import glob
-
     import ray
 
     if ray.is_initialized():
@@ -39,13 +37,25 @@ def connect(address, local_npus):
     if address:
         ray.init(address=address, **options)
         return False
-    npus = len(glob.glob("/dev/davinci[0-9]*")) if local_npus < 0 else local_npus
-    if ray_version() < (2, 10):
+    if ray_version() >= (2, 10):
+        npus = local_npus if local_npus >= 0 else None  # Ray finds Ascend devices itself
+    else:
+        npus = local_npus if local_npus >= 0 else visible_npu_count()
         # Without it Ray 2.7.2 gives every NPU task instance 0.
         options["_system_config"] = NPU_SYSTEM_CONFIG
     # "local": a new instance even when `ray start` left one running on this machine.
     ray.init(address="local", resources={pl.NPU: npus} if npus else None, **options)
     return True
+
+
+def visible_npu_count():
+    """NPUs this host lets us use: ASCEND_RT_VISIBLE_DEVICES when set, else /dev/davinci<N>."""
+    import glob
+
+    visible = os.environ.get("ASCEND_RT_VISIBLE_DEVICES", "").strip()
+    if visible:
+        return len(visible.split(","))
+    return len(glob.glob("/dev/davinci[0-9]*"))
 
 
 def cluster_address(configured):

@@ -34,7 +34,11 @@ def device_index(placement):
     # Ray 2.7.2 tracks instances of a custom resource only when the head lists it in
     # `custom_unit_instance_resources`; this private call is the only way to read them.
     ids = ray._private.worker.global_worker.core_worker.resource_ids().get(key, [])
-    return int(ids[0][0]) if ids else 0
+    instance = int(ids[0][0]) if ids else 0
+    # Ray counts instances 0..n-1; a host started with ASCEND_RT_VISIBLE_DEVICES=4,5,...
+    # (inherited by this worker) means chip visible[instance].
+    visible = os.environ.get("ASCEND_RT_VISIBLE_DEVICES", "").strip()
+    return int(visible.split(",")[instance]) if visible else instance
 
 
 def claim_device(node_id, placement, index):
