@@ -16,6 +16,10 @@ class ProgressChannel:
     def push(self, event):
         self._events.append(event)
 
+    def flush(self):
+        """A no-op a task waits for: calls from one caller run in order, so once it returns
+        every event the task pushed before it has arrived."""
+
     def drain(self):
         events, self._events = self._events, []
         return events

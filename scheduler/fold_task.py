@@ -153,6 +153,12 @@ def _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel,
             if not stopped:  # before the trainer's session existed: nothing to save, but say so
                 report(ev.make(ev.FOLD_STOPPED, step=None))
             raise
+        finally:
+            # The driver records the task's end from its result: progress must be there first.
+            try:
+                ray.get(channel.flush.remote(), timeout=30)
+            except Exception:  # a lost channel must not hide how the fold ended
+                pass
     if shared:
         return {"finished": finished, "archive": None}
     archive = pack_dir(workdir)
