@@ -77,12 +77,13 @@ def error_line(result, ray_started=False):
 
 
 def body_rows(text):
-    """{first cell: cells} of a rich table's body rows."""
+    """{first cell: cells} of the first rich table's body rows (a later table, such as the
+    comparison with the published results, reuses fold numbers)."""
     rows = {}
     for line in text.splitlines():
         if line.startswith("│"):
             cells = [c.strip() for c in line.strip().strip("│").split("│")]
-            rows[cells[0]] = cells
+            rows.setdefault(cells[0], cells)
     return rows
 
 
