@@ -3,6 +3,7 @@
 #   PYTHON=...  interpreter for a new environment (default: Python 3.7 when one is
 #               found - the Ascend hosts' TF 1.15 lane - else the newest python3)
 #   VENV=...    environment directory (default .venv)
+#   VENV_ARGS=--system-site-packages  on Ascend hosts, so the venv sees CANN's npu_bridge
 
 VENV ?= .venv
 # Candidates are tried in order and kept only if they run and are 3.7 or 3.10+ (the two
@@ -19,7 +20,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "no Python 3.7 or 3.10+ found; run make PYTHON=/path/to/python3.7 ..."; exit 2; }
 	@"$(PYTHON)" -c '$(LANE_OK)' || { echo "$(PYTHON) is neither Python 3.7 (tf1 lane) nor 3.10+ (tf2 lane)"; exit 2; }
-	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; "$(PYTHON)" -m venv $(VENV); }
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; "$(PYTHON)" -m venv $(VENV_ARGS) $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $@
