@@ -57,7 +57,7 @@ def apply(view, event):
     kind = event["event"]
     if kind == RUN_STARTED:
         view.name, view.run_dir = event.get("name", view.name), event.get("run_dir", view.run_dir)
-        view.started_at = view.started_at or event["time"]
+        view.started_at = event["time"]  # elapsed counts this session, not downtime between
         view.ended = ""
         for k in event["folds"]:
             fold = view.folds.setdefault(k, FoldView(k))
