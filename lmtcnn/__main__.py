@@ -113,10 +113,17 @@ def run_train(args):
     from lmtcnn.files import write_text_atomic
 
     config = load_config(args.config, overrides=args.set, ignore_keys=("scheduler",))
+    workdir = args.workdir or os.path.join(config.train.model_dir, "fold_%d" % args.fold)
+    saved = os.path.join(workdir, "config.yaml")
+    if os.path.isfile(saved):
+        # Resuming: the checkpoints only fit the network they were trained with.
+        earlier = load_config(saved)
+        if earlier.model != config.model:
+            raise UserError("%s: trained with model %s; resume with the same model keys or choose another "
+                            "--workdir" % (workdir, earlier.model))
     from lmtcnn.train import train  # TensorFlow loads only once the configuration is valid
 
-    workdir = args.workdir or os.path.join(config.train.model_dir, "fold_%d" % args.fold)
-    write_text_atomic(os.path.join(workdir, "config.yaml"), dump_config(config))
+    write_text_atomic(saved, dump_config(config))
     metrics = train(config, args.fold, workdir)
     print(json.dumps({k: v for k, v in metrics.items() if k != "age_confusion"}, sort_keys=True))
     return 0

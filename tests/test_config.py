@@ -73,3 +73,17 @@ def test_cli_reports_one_line_and_status_2(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.learning_rate" in lines[0] and path in lines[0]
+
+
+def test_cli_train_refuses_to_resume_with_another_model(tmp_path):
+    workdir = tmp_path / "fold_0"
+    workdir.mkdir()
+    (workdir / "config.yaml").write_text(dump_config(Config()))  # an earlier LMTCNN-1-1 run
+    path = write(tmp_path, "data: {data_dir: %s}" % (tmp_path / "nodata"))
+    done = subprocess.run([sys.executable, "-m", "lmtcnn", "train", "--config", path, "--fold", "0",
+                           "--workdir", str(workdir), "--set", "model.type=LMTCNN-2-1"],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(workdir) in lines[0] and "LMTCNN-1-1" in lines[0]
+    assert (workdir / "config.yaml").read_text() == dump_config(Config())  # left as it was
