@@ -6,7 +6,7 @@ size with examples whose `valid` is 0, so shapes stay static (one compiled graph
 the NPU) and padding never counts.
 """
 
-from lmtcnn.tfcompat import AUTOTUNE, tf
+from lmtcnn.tfcompat import tf
 
 REFERENCE_CROP = 227.0 / 256.0  # the seed crops 227 out of 256
 

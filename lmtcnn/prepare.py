@@ -159,7 +159,8 @@ def _manifest(faces, roles, written, dropped, skipped, image_set, split_lists, s
         "format": 1,
         "image_size": STORED_SIZE,
         "image_set": image_set,
-        "split": {"source": "lists", "dir": os.path.abspath(split_lists)} if split_lists else {"source": "own", "seed": seed},
+        "split": ({"source": "lists", "dir": os.path.abspath(split_lists)} if split_lists
+                  else {"source": "own", "seed": seed}),
         "images": len(faces),
         "dropped_rows": dict(dropped),
         "skipped_images": dict(collections.Counter(problem for problem, _ in skipped)),

@@ -14,6 +14,4 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 
 tf.logging.set_verbosity(tf.logging.ERROR)
 
-AUTOTUNE = tf.data.experimental.AUTOTUNE  # tf.data.AUTOTUNE does not exist in 1.15
 VERSION = tf.VERSION if hasattr(tf, "VERSION") else tf.version.VERSION
-TF2 = int(VERSION.split(".")[0]) >= 2
