@@ -19,6 +19,7 @@ from lmtcnn.graph import build_training_graph
 from lmtcnn.prepare import load_manifest, split_files
 from lmtcnn.tfcompat import VERSION, tf
 
+
 def total_steps(train_config, train_images):
     """Steps of the run, with the seed's meaning: epochs > 0 replaces max_steps by
     epochs * (train_images // batch_size); otherwise max_steps."""
@@ -79,16 +80,12 @@ def _train(config, fold, workdir, report, stop_requested, started):
                            train_images=train_count, tf_version=VERSION))
         try:
             _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, report, stop_requested)
-            step = step_saved(sess, graph)
-            if step > _latest_step(ckpt_dir):
-                _save_checkpoint(sess, graph, ckpt_dir, report)
+            step = _save_unless_saved(sess, graph, ckpt_dir, report)
             graph.weights_saver.save(sess, layout.final_weights(workdir), write_meta_graph=False)
             metrics = evaluate_split(sess, graph, config, fold, "test")
         except KeyboardInterrupt:
             # Stopped (Ctrl-C on the scheduler, or stop_requested): keep the progress.
-            step = step_saved(sess, graph)
-            if step > _latest_step(ckpt_dir):
-                _save_checkpoint(sess, graph, ckpt_dir, report)
+            step = _save_unless_saved(sess, graph, ckpt_dir, report)
             report(events.make(events.FOLD_STOPPED, step=step))
             raise
         finally:
@@ -129,7 +126,7 @@ def _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, re
                                                  tf.Summary.Value(tag="learning_rate", simple_value=float(lr))]),
                                step)
         if step % tc.checkpoint_every_steps == 0 and step < steps:
-            _save_checkpoint(sess, graph, ckpt_dir, report)
+            _save_checkpoint(sess, graph, ckpt_dir, report, step)
         if tc.eval_every_steps and step % tc.eval_every_steps == 0 and step < steps:
             metrics = evaluate_split(sess, graph, config, fold, "val")
             report(events.make(events.EVAL_DONE, step=int(step), split="val", metrics=metrics))
@@ -148,12 +145,19 @@ def _latest_step(ckpt_dir):
     return int(path.rsplit("-", 1)[1]) if path else -1
 
 
-def _save_checkpoint(sess, graph, ckpt_dir, report):
+def _save_checkpoint(sess, graph, ckpt_dir, report, step):
     # Saver writes each file under a temporary name and renames it, and only then updates
     # the `checkpoint` index, so a crash mid-save leaves the previous checkpoint usable.
-    path = graph.saver.save(sess, os.path.join(ckpt_dir, "model.ckpt"), global_step=graph.global_step,
-                            write_meta_graph=False)
-    report(events.make(events.CHECKPOINT_SAVED, step=step_saved(sess, graph), path=path))
+    path = graph.saver.save(sess, os.path.join(ckpt_dir, "model.ckpt"), global_step=step, write_meta_graph=False)
+    report(events.make(events.CHECKPOINT_SAVED, step=int(step), path=path))
+
+
+def _save_unless_saved(sess, graph, ckpt_dir, report):
+    """Checkpoint the current step unless a checkpoint of it exists; returns the step."""
+    step = step_saved(sess, graph)
+    if step > _latest_step(ckpt_dir):
+        _save_checkpoint(sess, graph, ckpt_dir, report, step)
+    return step
 
 
 def _restore_or_warm_start(sess, graph, ckpt_dir, pretrained, report):
