@@ -72,11 +72,10 @@ def ray_version():
 
 
 class Run:
-    """One session of a run directory: new, or resumed with `resume=True`."""
+    """One session of a run directory: new, or resumed (its earlier events replayed)."""
 
     def __init__(self, config, run_dir, console, live, resumed):
         self.config, self.run_dir, self.console, self.live_mode = config, run_dir, console, live
-        self.resumed = resumed
         self.log = rundir.EventLog(run_dir)
         self.view = st.RunView()
         self.pending = {}  # ObjectRef -> (fold, attempt)
