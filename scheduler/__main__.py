@@ -33,14 +33,42 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from rich.console import Console
 
-    console = Console()
+    output = GuardedStream(sys.stdout)
+    console = Console(file=output)
     if not console.is_terminal:
-        console = Console(width=120)  # logs and pipes: room for the table, no wrapping of lines
+        console = Console(file=output, width=120)  # logs and pipes: room for the table, no wrapping of lines
     try:
         return COMMANDS[args.command](args, console)
     except UserError as e:
         print("error: %s" % e, file=sys.stderr)
         return e.exit_status
+
+
+class GuardedStream:
+    """stdout that survives its reader: after SIGHUP (a closed SSH session) or a closed pipe
+    a write fails with EIO or EPIPE, which must not stop the driver from saving the folds
+    and writing the results; the output is dropped from then on."""
+
+    def __init__(self, stream):
+        self.stream, self.broken = stream, False
+
+    def write(self, text):
+        if not self.broken:
+            try:
+                self.stream.write(text)
+            except OSError:
+                self.broken = True
+        return len(text)
+
+    def flush(self):
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except OSError:
+                self.broken = True
+
+    def __getattr__(self, name):  # isatty, fileno, encoding: what rich asks of its file
+        return getattr(self.stream, name)
 
 
 def run_command(args, console):

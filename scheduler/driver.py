@@ -13,6 +13,7 @@ from rich.live import Live
 from lmtcnn import events as ev
 from lmtcnn.config import config_to_dict, dump_config
 from lmtcnn.errors import UserError
+from scheduler import faults
 from scheduler import placement as pl
 from scheduler import rundir
 from scheduler import state as st
@@ -85,6 +86,7 @@ class Run:
         # stopped or died): after Ctrl-C the driver waits for these to save and stop,
         # since Ray reports a cancelled task at once, before its handler has run.
         self.active = set()
+        self.fault_plan = faults.load_plan()  # None outside the fault-matrix tests
         if resumed:
             for event in rundir.read_events(run_dir):
                 st.apply(self.view, event)
@@ -116,7 +118,7 @@ class Run:
         from scheduler.fold_task import run_fold
 
         ref = run_fold.options(**pl.task_options(request)).remote(
-            config_to_dict(self.config), fold, attempt, self.run_dir, run_id, placement, channel)
+            config_to_dict(self.config), fold, attempt, self.run_dir, run_id, placement, channel, self.fault_plan)
         self.pending[ref] = (fold, attempt)
         self.emit(ev.make(st.FOLD_QUEUED, fold=fold, attempt=attempt))
 
@@ -232,26 +234,35 @@ def resolve_paths(config):
 
 
 class StopRequest:
-    """SIGINT while the driver runs: the first asks for a clean stop (a flag the loop reads
-    between steps, so no task result is half handled); the second raises KeyboardInterrupt."""
+    """A stop asked of the driver: Ctrl-C (SIGINT), SIGTERM (`ray job stop`, systemd, kill)
+    or SIGHUP (the SSH session or terminal closed). The first sets a flag the loop reads
+    between steps, so no task result is half handled, and every running fold saves a
+    checkpoint; a second raises KeyboardInterrupt and the folds are killed."""
+
+    SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal_name = ""
+        self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for name in self.SIGNALS:
+                signum = getattr(signal, name, None)
+                if signum is not None:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.signal_name = signal.Signals(signum).name
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _drive(config, console, run_dir, resumed, live_mode, placement, request, where, node_count):
@@ -288,7 +299,7 @@ def _drive(config, console, run_dir, resumed, live_mode, placement, request, whe
             try:
                 _watch(session, channel, placement, request, run_id, live, stop)
                 if stop.requested:
-                    _stop(session, channel, live)
+                    _stop(session, channel, live, stop.signal_name)
                     outcome = "interrupted"
                 else:
                     session.emit(ev.make(st.RUN_FINISHED))
@@ -324,12 +335,13 @@ def _watch(session, channel, placement, request, run_id, live, stop):
     session.drain(channel)
 
 
-def _stop(session, channel, live):
-    """Every running fold saves a checkpoint and stops; a second Ctrl-C kills them."""
+def _stop(session, channel, live, signal_name):
+    """Every running fold saves a checkpoint and stops; a second signal kills them."""
     import ray
 
     session.stopping = True
-    session.emit(ev.make(st.NOTICE, text="stopping: each running fold saves a checkpoint (Ctrl-C again to kill)"))
+    session.emit(ev.make(st.NOTICE, text="%s: stopping; each running fold saves a checkpoint (Ctrl-C again to kill)"
+                                         % signal_name))
     for ref in list(session.pending):
         ray.cancel(ref)
     deadline = time.time() + session.config.scheduler.stop_timeout_s

@@ -6,6 +6,7 @@ with the task, and the device variables are set before TensorFlow is first impor
 
 import fcntl
 import io
+import json
 import os
 import shutil
 import socket
@@ -16,6 +17,7 @@ import ray
 
 from lmtcnn import events as ev
 from lmtcnn.files import read_json
+from scheduler import faults
 from scheduler.rundir import RUN_RECORD, fold_dir
 
 
@@ -89,7 +91,7 @@ def pack_dir(path):
 
 
 @ray.remote(max_calls=1, max_retries=0)
-def run_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel):
+def run_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel, fault_plan=None):
     """Train one fold attempt; returns {"finished": event, "archive": tar bytes or None}.
 
     Progress goes to `channel` tagged with fold, attempt, host and device. The finished
@@ -103,17 +105,20 @@ def run_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel):
     try:
         set_device_env(placement, index)
         return _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel, host, node_id,
-                           label)
+                           label, fault_plan)
     finally:
         if lock is not None:  # released now: the process may outlive the task a little
             lock.close()
 
 
-def _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel, host, node_id, label):
-    from lmtcnn.config import build_config
+def _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel, host, node_id, label,
+                fault_plan):
+    from lmtcnn.config import apply_override, build_config
     from scheduler.config import RunConfig
     from scheduler.dashboard import format_event
 
+    for key, value in faults.config_overrides(fault_plan, fold, attempt).items():
+        apply_override(config_dict, "%s=%s" % (key, json.dumps(value)))
     config = build_config(config_dict, RunConfig)
     if config.train.device == "auto":
         config.train.device = placement
@@ -135,6 +140,7 @@ def _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel,
                 if event["event"] == ev.FOLD_STOPPED:
                     stopped.append(event)
                 channel.push.remote(event)
+            faults.after_event(fault_plan, event)
 
         visible = {k: os.environ[k] for k in ("ASCEND_RT_VISIBLE_DEVICES", "ASCEND_DEVICE_ID",
                                               "CUDA_VISIBLE_DEVICES") if k in os.environ}
