@@ -2,13 +2,11 @@
 
 import collections
 import json
-import os
-import signal
 
 import pytest
 import ray
 
-from conftest import EventTail, quiet_console, ray_init_local, run_config
+from conftest import quiet_console, ray_init_local, run_config
 from scheduler import rundir
 from scheduler.driver import run
 
@@ -60,50 +58,41 @@ def test_five_folds_share_two_npus_without_collisions(prepared, tmp_path):
     assert (run_dir / "config.yaml").exists()
 
 
-def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(prepared, tmp_path):
+def use_faults(tmp_path, monkeypatch, rules):
+    """Fault rules (scheduler/faults.py) for the next run() in this process."""
+    path = tmp_path / "faults.json"
+    path.write_text(json.dumps(rules))
+    monkeypatch.setenv("LMTCNN_FAULTS", str(path))
+
+
+def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(prepared, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    config = run_config(prepared, run_dir, [2], train={"max_steps": 150, "checkpoint_every_steps": 10})
-    killed = []
-
-    def kill_after_first_checkpoint(event):
-        if not killed and event["event"] == "checkpoint_saved" and event["attempt"] == 1:
-            killed.append(event["step"])
-            os.kill(event["pid"], signal.SIGKILL)
-
-    tail = EventTail(run_dir, kill_after_first_checkpoint)
-    try:
-        assert run(config, quiet_console()) == 0
-    finally:
-        tail.close()
-    assert killed, "the fold finished before it could be killed"
+    config = run_config(prepared, run_dir, [2], train={"max_steps": 40, "checkpoint_every_steps": 10})
+    # SIGKILL of the worker right after its checkpoint at step 20, as the OOM killer would.
+    use_faults(tmp_path, monkeypatch, [{"fold": 2, "attempt": 1, "event": "checkpoint_saved", "step": 20,
+                                        "action": "crash"}])
+    assert run(config, quiet_console()) == 0
 
     retrying = events_of(run_dir, "fold_retrying")
     assert len(retrying) == 1 and "WorkerCrashedError" in retrying[0]["reason"]
     starts = events_of(run_dir, "fold_started")
     assert [e["attempt"] for e in starts] == [1, 2]
-    assert starts[1]["start_step"] >= killed[0] > 0
+    assert starts[1]["start_step"] == 20
     finished = events_of(run_dir, "fold_finished")
-    assert len(finished) == 1 and finished[0]["attempt"] == 2 and finished[0]["step"] == 150
+    assert len(finished) == 1 and finished[0]["attempt"] == 2 and finished[0]["step"] == 40
     results = json.load(open(str(run_dir / "results.json")))
     assert results["folds"][0]["state"] == "done" and results["folds"][0]["attempts"] == 2
+    # Both attempts' lines stay in the fold's log.
+    log = (run_dir / "fold_2" / "log.txt").read_text()
+    assert "fold 2 try 1" in log and "fold 2 try 2" in log
 
 
-def test_fold_without_retries_left_fails_while_others_finish(prepared, tmp_path):
+def test_fold_without_retries_left_fails_while_others_finish(prepared, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    config = run_config(prepared, run_dir, [0, 1], train={"max_steps": 120, "checkpoint_every_steps": 10},
+    config = run_config(prepared, run_dir, [0, 1], train={"max_steps": 20, "checkpoint_every_steps": 10},
                         scheduler={"max_retries": 0})
-    killed = []
-
-    def kill_fold_0(event):
-        if not killed and event.get("fold") == 0 and event["event"] == "checkpoint_saved":
-            killed.append(event["pid"])
-            os.kill(event["pid"], signal.SIGKILL)
-
-    tail = EventTail(run_dir, kill_fold_0)
-    try:
-        assert run(config, quiet_console()) == 1  # not every fold finished
-    finally:
-        tail.close()
+    use_faults(tmp_path, monkeypatch, [{"fold": 0, "event": "checkpoint_saved", "step": 10, "action": "crash"}])
+    assert run(config, quiet_console()) == 1  # not every fold finished
     results = json.load(open(str(run_dir / "results.json")))
     states = {r["fold"]: r for r in results["folds"]}
     assert states[0]["state"] == "failed" and "no retries left" in states[0]["reason"]
