@@ -75,3 +75,14 @@ def eval_batches(batch_size, image_size, stored_size=256, threads=4):
     ds = ds.concatenate(filler).batch(batch_size, drop_remainder=True).prefetch(2)
     iterator = tf.data.make_initializable_iterator(ds)
     return iterator, files, padding, iterator.get_next()
+
+
+def find_corrupt_record(files):
+    """(file, problem) of the first record file whose checksums fail, or None."""
+    for path in files:
+        try:
+            for _ in tf.io.tf_record_iterator(path):
+                pass
+        except tf.errors.DataLossError as e:
+            return path, str(e).strip().splitlines()[0]
+    return None

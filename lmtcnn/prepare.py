@@ -184,6 +184,33 @@ def split_files(data_dir, fold, role):
     return [os.path.join(data_dir, f) for f in entry["files"]], entry["count"]
 
 
+def check_fold_data(config, manifest, fold):
+    """{"train": n, "val": n, "test": n} of a fold, or UserError naming what is missing:
+    the fold, a record file, images for training or testing, validation images when
+    train.eval_every_steps asks for them, a training split smaller than one batch."""
+    data_dir = config.data.data_dir
+    entry = manifest["folds"].get(str(fold))
+    if entry is None:
+        raise UserError("%s: manifest has no fold %d; prepare the data again" % (data_dir, fold))
+    counts = {}
+    for role in adience.ROLES:
+        missing = [f for f in entry[role]["files"] if not os.path.isfile(os.path.join(data_dir, f))]
+        if missing:
+            raise UserError("%s: fold %d %s data missing (%s); prepare the data again"
+                            % (data_dir, fold, role, os.path.join(data_dir, missing[0])))
+        counts[role] = entry[role]["count"]
+    for role in ("train", "test"):
+        if counts[role] == 0:
+            raise UserError("%s: fold %d has no %s images" % (data_dir, fold, role))
+    if counts["val"] == 0 and config.train.eval_every_steps:
+        raise UserError("%s: fold %d has no validation images, but train.eval_every_steps is %d; set it to 0 or "
+                        "prepare data with a validation split" % (data_dir, fold, config.train.eval_every_steps))
+    if counts["train"] < config.train.batch_size:
+        raise UserError("%s: fold %d has %d training images, fewer than train.batch_size %d"
+                        % (data_dir, fold, counts["train"], config.train.batch_size))
+    return counts
+
+
 class ProgressLine:
     """'label  done/total  pct  rate' redrawn in place on a terminal, every 10% otherwise."""
 

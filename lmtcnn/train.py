@@ -5,6 +5,7 @@ task; it holds no global state and reports progress only through `report`.
 What it writes into the work directory: see lmtcnn.workdir.
 """
 
+import glob
 import os
 import time
 
@@ -16,7 +17,8 @@ from lmtcnn.errors import TrainingDiverged, UserError
 from lmtcnn.evaluate import evaluate_split
 from lmtcnn.files import write_json_atomic
 from lmtcnn.graph import build_training_graph
-from lmtcnn.prepare import load_manifest, split_files
+from lmtcnn.input_pipeline import find_corrupt_record
+from lmtcnn.prepare import check_fold_data, load_manifest, split_files
 from lmtcnn.tfcompat import VERSION, tf
 
 
@@ -56,10 +58,8 @@ def _train(config, fold, workdir, report, stop_requested, started):
     device = resolve_device(config.train.device)
     activate_device(device)
     manifest = load_manifest(config.data.data_dir)
+    check_fold_data(config, manifest, fold)
     train_files, train_count = split_files(config.data.data_dir, fold, "train")
-    if train_count < config.train.batch_size:
-        raise UserError("%s: fold %d has %d training images, fewer than train.batch_size %d"
-                        % (config.data.data_dir, fold, train_count, config.train.batch_size))
     steps = total_steps(config.train, train_count)
     os.makedirs(workdir, exist_ok=True)
 
@@ -82,7 +82,10 @@ def _train(config, fold, workdir, report, stop_requested, started):
             _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, report, stop_requested)
             step = _save_unless_saved(sess, graph, ckpt_dir, report)
             graph.weights_saver.save(sess, layout.final_weights(workdir), write_meta_graph=False)
+            report(events.make(events.EVAL_STARTED, step=int(step), split="test"))
             metrics = evaluate_split(sess, graph, config, fold, "test")
+        except tf.errors.DataLossError as e:
+            raise _damaged_data(config, fold, e)
         except KeyboardInterrupt:
             # Stopped (Ctrl-C on the scheduler, or stop_requested): keep the progress.
             step = _save_unless_saved(sess, graph, ckpt_dir, report)
@@ -128,6 +131,7 @@ def _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, re
         if step % tc.checkpoint_every_steps == 0 and step < steps:
             _save_checkpoint(sess, graph, ckpt_dir, report, step)
         if tc.eval_every_steps and step % tc.eval_every_steps == 0 and step < steps:
+            report(events.make(events.EVAL_STARTED, step=int(step), split="val"))
             metrics = evaluate_split(sess, graph, config, fold, "val")
             report(events.make(events.EVAL_DONE, step=int(step), split="val", metrics=metrics))
             window_start, window_step = time.time(), step  # images/s measures training only
@@ -141,8 +145,32 @@ def step_saved(sess, graph):
 
 
 def _latest_step(ckpt_dir):
-    path = tf.train.latest_checkpoint(ckpt_dir)
-    return int(path.rsplit("-", 1)[1]) if path else -1
+    candidates = checkpoint_candidates(ckpt_dir)
+    return candidates[0][1] if candidates else -1
+
+
+def checkpoint_candidates(ckpt_dir):
+    """[(prefix, step)] of the checkpoints on disk, newest first. The files are the truth:
+    TF's `checkpoint` index may lag behind (a crash between a save and its update) or be
+    damaged itself."""
+    found = []
+    for index in glob.glob(os.path.join(glob.escape(ckpt_dir), "model.ckpt-*.index")):
+        prefix = index[:-len(".index")]
+        step = prefix.rsplit("-", 1)[1]
+        if step.isdigit():
+            found.append((prefix, int(step)))
+    return sorted(found, key=lambda item: item[1], reverse=True)
+
+
+def _damaged_data(config, fold, error):
+    """The UserError for a DataLossError from the input: which record file is damaged."""
+    files = []
+    for role in ("train", "val", "test"):
+        files += split_files(config.data.data_dir, fold, role)[0]
+    corrupt = find_corrupt_record(sorted(set(files)))
+    where = "%s: %s" % corrupt if corrupt else "%s (%s)" % (config.data.data_dir, str(error).splitlines()[0])
+    return UserError("%s; the prepared data is damaged: prepare it again into a new directory "
+                     "(python -m lmtcnn prepare)" % where)
 
 
 def _save_checkpoint(sess, graph, ckpt_dir, report, step):
@@ -161,17 +189,44 @@ def _save_unless_saved(sess, graph, ckpt_dir, report):
 
 
 def _restore_or_warm_start(sess, graph, ckpt_dir, pretrained, report):
-    """Resume from the work directory's checkpoint, else warm start, else start fresh."""
-    latest = tf.train.latest_checkpoint(ckpt_dir)
-    if latest:
-        graph.saver.restore(sess, latest)
-        # Let train.keep_checkpoints also prune the checkpoints of earlier attempts.
-        graph.saver.recover_last_checkpoints(tf.train.get_checkpoint_state(ckpt_dir).all_model_checkpoint_paths)
-        report(events.make(events.MESSAGE, text="resumed from %s" % latest))
+    """Resume from the work directory's newest readable checkpoint, else warm start, else
+    start fresh. A checkpoint that cannot be read (a torn copy, a disk error) is moved
+    aside as `*.unreadable` and the one before it is used; the report says so."""
+    candidates = checkpoint_candidates(ckpt_dir)
+    unreadable = []
+    for number, (prefix, step) in enumerate(candidates):
+        try:
+            graph.saver.restore(sess, prefix)
+        except (tf.errors.OpError, ValueError) as e:
+            unreadable.append("%s (%s)" % (os.path.basename(prefix), str(e).strip().splitlines()[0][:200]))
+            _move_aside(prefix)
+            continue
+        kept = [p for p, _ in reversed(candidates[number:])]  # oldest first, as the Saver keeps them
+        # Let train.keep_checkpoints also prune the checkpoints of earlier attempts, and
+        # point TF's index (what `lmtcnn eval` follows) at a checkpoint that exists.
+        graph.saver.recover_last_checkpoints(kept)
+        tf.train.update_checkpoint_state(ckpt_dir, prefix, all_model_checkpoint_paths=kept)
+        if unreadable:
+            report(events.make(events.MESSAGE, unreadable=unreadable, text=(
+                "unreadable checkpoint %s moved aside (*.unreadable); resumed from the one before it, %s"
+                % ("; ".join(unreadable), prefix))))
+        else:
+            report(events.make(events.MESSAGE, text="resumed from %s" % prefix))
         return step_saved(sess, graph)
+    if unreadable:
+        report(events.make(events.MESSAGE, unreadable=unreadable, text=(
+            "no readable checkpoint (%s moved aside as *.unreadable); training starts again from step 0"
+            % "; ".join(unreadable))))
+        sess.run(tf.global_variables_initializer())  # a failed restore may have set some variables
     if pretrained:
         _warm_start(sess, graph, pretrained, report)
     return 0
+
+
+def _move_aside(prefix):
+    for path in glob.glob(glob.escape(prefix) + ".*"):
+        if not path.endswith(".unreadable"):
+            os.replace(path, path + ".unreadable")
 
 
 def _warm_start(sess, graph, pretrained, report):

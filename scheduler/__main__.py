@@ -24,6 +24,8 @@ def main(argv=None):
     p.add_argument("--run-dir", help="run directory (default runs/<name>-<time>)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.add_argument("--no-dashboard", action="store_true", help="plain progress lines instead of the live view")
+    p.add_argument("--force", action="store_true", help="take over the run directory from a driver on another "
+                                                        "host that is gone (its driver.lock)")
 
     for name, text in (("table", "print a run's per-fold accuracy table"),
                        ("status", "tell each fold's state in a finished, running or interrupted run")):
@@ -109,11 +111,12 @@ def run_command(args, console):
 
     live = console.is_terminal and not args.no_dashboard
     return run(config, console, resume_dir=os.path.abspath(args.resume) if args.resume else None,
-               live=live, dry_run=args.dry_run)
+               live=live, dry_run=args.dry_run, force=args.force)
 
 
 def replay(run_dir):
-    """(view of the run from its events.jsonl, whether its driver still runs)."""
+    """(view of the run from its events.jsonl, whether its driver still runs: True, False,
+    or None when it runs on another host as far as its lock tells)."""
     from scheduler import state as st
     from scheduler.rundir import driver_alive, read_events
 
@@ -121,7 +124,7 @@ def replay(run_dir):
     for event in read_events(run_dir):
         st.apply(view, event)
     alive = driver_alive(run_dir)
-    if not alive:
+    if alive is False:
         st.mark_interrupted(view)
     return view, alive
 
@@ -139,8 +142,14 @@ def status_command(args, console):
 
     from scheduler.dashboard import format_duration
 
+    from scheduler import runlock
+
     view, alive = replay(args.run_dir)
-    run_state = "running" if alive else (view.ended or "interrupted (driver gone)")
+    if alive is None:
+        run_state = "running? the %s holds it; this host cannot check" % runlock.describe(
+            runlock.read_holder(args.run_dir))
+    else:
+        run_state = "running" if alive else (view.ended or "interrupted (driver gone)")
     table = Table(title="%s: %s" % (args.run_dir, run_state), title_justify="left")
     for column in ("fold", "state", "attempts", "host:device", "step", "note"):
         table.add_column(column, no_wrap=True)
@@ -153,7 +162,7 @@ def status_command(args, console):
         table.add_row(str(k), f.state, str(f.attempt), "%s:%s" % (f.host, f.device) if f.host else "-",
                       "%d/%d" % (f.step, f.total_steps) if f.total_steps else str(f.step), note)
     console.print(table)
-    if not alive and any(f.state not in ("done",) for f in view.folds.values()):
+    if alive is False and any(f.state not in ("done",) for f in view.folds.values()):
         console.print("resume with: python -m scheduler run --resume %s" % args.run_dir, highlight=False)
     return 0
 

@@ -3,6 +3,11 @@
 Tasks call `push.remote(event)` without waiting, so a slow driver never slows training;
 the actor keeps every event in order until the driver collects it. It lives on the
 driver's node, so losing a worker host loses no history.
+
+If its process dies, Ray restarts it and replays the calls in flight; only events it held
+undrained are gone. Every event carries a sequence number per fold attempt, so the driver
+drops the duplicates a replay brings and counts what was lost; a fold's end travels in
+its task's return value and is never lost.
 """
 
 import ray
@@ -30,4 +35,5 @@ def start_channel():
 
     here = ray.get_runtime_context().get_node_id()
     return ProgressChannel.options(
+        max_restarts=-1, max_task_retries=-1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote()

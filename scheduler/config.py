@@ -26,20 +26,33 @@ class SchedulerConfig:
     runs_root: str = "runs"
     # Local instance only: NPUs to declare; -1 counts /dev/davinci<N>.
     local_npus: int = -1
-    # After Ctrl-C, how long folds get to save a checkpoint before they are killed.
+    # After Ctrl-C (or SIGTERM, SIGHUP), how long folds get to save a checkpoint before
+    # they are killed.
     stop_timeout_s: float = 120.0
+    # A fold that reports nothing for this long is cancelled as stalled and retried from
+    # its checkpoint. 0: automatic, a few minutes past the slowest gap between its reports.
+    stall_timeout_s: float = 0.0
+    # The allowance instead, before a fold's first step and during its first evaluation:
+    # importing TensorFlow, building and (on an NPU) compiling the graph.
+    startup_timeout_s: float = 1800.0
+    # A fold (or its retry) that no alive node can hold fails after this long, naming the
+    # resource it is missing; a node that joins meanwhile takes it.
+    unplaceable_timeout_s: float = 600.0
 
     def validate(self):
         if self.device not in PLACEMENTS:
             yield "device", "must be one of %s" % ", ".join(PLACEMENTS)
         if not self.folds or any(not 0 <= k <= 4 for k in self.folds) or len(set(self.folds)) != len(self.folds):
             yield "folds", "must list distinct folds from 0 to 4"
-        if self.cpus_per_fold < 0:
-            yield "cpus_per_fold", "must be >= 0"
+        if self.cpus_per_fold < 1:
+            yield "cpus_per_fold", "must be >= 1 (a fold's input pipeline needs a CPU, and Ray must count it)"
         if self.max_retries < 0:
             yield "max_retries", "must be >= 0"
-        if self.stop_timeout_s <= 0:
-            yield "stop_timeout_s", "must be > 0"
+        for key in ("stop_timeout_s", "startup_timeout_s", "unplaceable_timeout_s"):
+            if getattr(self, key) <= 0:
+                yield key, "must be > 0 seconds"
+        if self.stall_timeout_s < 0:
+            yield "stall_timeout_s", "must be >= 0 seconds (0: automatic)"
         if self.local_npus < -1:
             yield "local_npus", "must be -1 (count /dev/davinci<N>) or >= 0"
 

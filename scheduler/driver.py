@@ -1,25 +1,24 @@
 """The Ray driver: submit one task per fold, stream progress, retry, stop, write results."""
 
-import io
 import logging
 import os
 import signal
-import tarfile
+import socket
 import threading
 import time
 
 from rich.live import Live
 
 from lmtcnn import events as ev
-from lmtcnn.config import config_to_dict, dump_config
+from lmtcnn.config import dump_config
 from lmtcnn.errors import UserError
-from scheduler import faults
 from scheduler import placement as pl
-from scheduler import rundir
+from scheduler import rundir, runlock
 from scheduler import state as st
-from scheduler.dashboard import format_event, render
+from scheduler.dashboard import render
 from scheduler.plan import ensure_data, plan_table
 from scheduler.results import build_results, to_table, write_results
+from scheduler.session import Session, finished_folds
 
 POLL_S = 0.25
 NPU_SYSTEM_CONFIG = {"custom_unit_instance_resources": "neuron_cores,TPU,NPU"}
@@ -72,135 +71,15 @@ def ray_version():
     return tuple(int(x) for x in ray.__version__.split(".")[:2])
 
 
-class Run:
-    """One session of a run directory: new, or resumed (its earlier events replayed)."""
-
-    def __init__(self, config, run_dir, console, live, resumed):
-        self.config, self.run_dir, self.console, self.live_mode = config, run_dir, console, live
-        self.log = rundir.EventLog(run_dir)
-        self.view = st.RunView()
-        self.pending = {}  # ObjectRef -> (fold, attempt)
-        self.notified_unshared = False
-        self.stopping = False  # after Ctrl-C: nothing is retried or resubmitted
-        # Fold attempts whose task has reported and not yet ended (finished, failed,
-        # stopped or died): after Ctrl-C the driver waits for these to save and stop,
-        # since Ray reports a cancelled task at once, before its handler has run.
-        self.active = set()
-        self.fault_plan = faults.load_plan()  # None outside the fault-matrix tests
-        if resumed:
-            for event in rundir.read_events(run_dir):
-                st.apply(self.view, event)
-
-    def emit(self, event):
-        """Record an event: events.jsonl, the state, and a plain line when not live."""
-        event.setdefault("time", time.time())
-        if event["event"] == ev.MESSAGE and event.get("not_shared") and not self.notified_unshared:
-            self.notified_unshared = True
-            self.emit(ev.make(st.NOTICE, text=event["text"]))
-        if "attempt" in event and "pid" in event:  # sent by a fold task
-            key = (event["fold"], event["attempt"])
-            if event["event"] in (ev.FOLD_STOPPED, ev.FOLD_FINISHED, ev.FOLD_FAILED):
-                self.active.discard(key)
-            else:
-                self.active.add(key)
-        self.log.append(event)
-        st.apply(self.view, event)
-        if not self.live_mode:
-            self.console.print(format_event(event), highlight=False, markup=False, soft_wrap=True)
-
-    def drain(self, channel):
-        import ray
-
-        for event in ray.get(channel.drain.remote()):
-            self.emit(event)
-
-    def submit(self, fold, attempt, placement, request, channel, run_id):
-        from scheduler.fold_task import run_fold
-
-        ref = run_fold.options(**pl.task_options(request)).remote(
-            config_to_dict(self.config), fold, attempt, self.run_dir, run_id, placement, channel, self.fault_plan)
-        self.pending[ref] = (fold, attempt)
-        self.emit(ev.make(st.FOLD_QUEUED, fold=fold, attempt=attempt))
-
-    def collect(self, ref, placement, request, channel, run_id):
-        """Handle one finished task: record success, retry a lost worker, or fail the fold."""
-        import ray
-        from ray.exceptions import RayError, RayTaskError, TaskCancelledError
-
-        fold, attempt = self.pending.pop(ref)
-        try:
-            result = ray.get(ref)
-        except TaskCancelledError:
-            return  # the fold reports its own stop (it stays in `active` until then)
-        except RayTaskError as e:  # a Python error inside the fold: retrying would repeat it
-            self.drain(channel)
-            self.active.discard((fold, attempt))
-            view = self.view.folds[fold]
-            if not (view.state == "failed" and view.attempt == attempt):  # the trainer may have said so
-                self.emit(ev.make(ev.FOLD_FAILED, fold=fold, attempt=attempt, reason=task_error_reason(e)))
-            return
-        except RayError as e:  # the worker process or its node died
-            self.drain(channel)
-            self.active.discard((fold, attempt))
-            if self.stopping:
-                return
-            reason = "%s (attempt %d)" % (type(e).__name__, attempt)
-            if attempt <= self.config.scheduler.max_retries:
-                self.emit(ev.make(st.FOLD_RETRYING, fold=fold, attempt=attempt + 1, reason=reason))
-                self.submit(fold, attempt + 1, placement, request, channel, run_id)
-            else:
-                self.emit(ev.make(ev.FOLD_FAILED, fold=fold, attempt=attempt,
-                                  reason="%s; no retries left (scheduler.max_retries %d)"
-                                         % (reason, self.config.scheduler.max_retries)))
-            return
-        if result["archive"] is not None:
-            unpack(result["archive"], rundir.fold_dir(self.run_dir, fold))
-        self.drain(channel)
-        self.emit(result["finished"])
-
-    def refresh(self, live):
-        if live is not None:
-            live.update(render(self.view, time.time()), refresh=True)
-
-
-def task_error_reason(error):
-    cause = getattr(error, "cause", None)
-    if cause is not None:
-        return "%s: %s" % (type(cause).__name__, str(cause).strip().splitlines()[-1] if str(cause).strip() else "")
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
-
-
-def unpack(archive, destination):
-    os.makedirs(destination, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as tar:
-        tar.extractall(destination)
-
-
-def finished_folds(run_dir, folds):
-    """Folds whose metrics.json exists: done in an earlier session, never run again."""
-    from lmtcnn.files import read_json
-    from lmtcnn.workdir import metrics_file
-
-    done = {}
-    for fold in folds:
-        path = metrics_file(rundir.fold_dir(run_dir, fold))
-        if os.path.isfile(path):
-            done[fold] = read_json(path)
-    return done
-
-
-def run(config, console, resume_dir=None, live=False, dry_run=False):
+def run(config, console, resume_dir=None, live=False, dry_run=False, force=False):
     """Run (or resume) the configured folds. Returns the process exit status.
 
+    force: take over the run directory's lock from a driver on another host that is gone.
     Raises UserError for problems found before submission (data, resources, run dir).
     """
     import ray
 
     resolve_paths(config)
-    if resume_dir and rundir.driver_alive(resume_dir):
-        raise UserError("%s: its driver is still running (see run.json); watch it with "
-                        "`python -m scheduler status %s`" % (resume_dir, resume_dir))
     counts = ensure_data(config, say=lambda text: console.print(text, highlight=False), generate=not dry_run)
     started_ray = connect(config.scheduler.address, config.scheduler.local_npus)
     try:
@@ -217,10 +96,19 @@ def run(config, console, resume_dir=None, live=False, dry_run=False):
                 config.scheduler.runs_root, "%s-<time>" % config.name)
             console.print(plan_table(config, counts, placement, request, os.path.abspath(target), where))
             return 0
-        run_dir = resume_dir or rundir.new_run_dir(config)
-        if not resume_dir:
-            rundir.write_config(run_dir, dump_config(config))
-        return _drive(config, console, run_dir, bool(resume_dir), live, placement, request, where, len(nodes))
+        if resume_dir:
+            run_dir = resume_dir
+            lock, note = runlock.acquire(run_dir, force)
+        else:
+            run_dir, lock, note = rundir.new_run_dir(config, force)
+        try:
+            if not resume_dir:
+                rundir.write_config(run_dir, dump_config(config))
+            if note:
+                console.print("%s: %s" % (run_dir, note), highlight=False)
+            return _drive(config, console, run_dir, bool(resume_dir), live, placement, request, where, len(nodes))
+        finally:
+            runlock.release(run_dir, lock)
     finally:
         if started_ray:
             ray.shutdown()
@@ -270,16 +158,16 @@ def _drive(config, console, run_dir, resumed, live_mode, placement, request, whe
 
     run_id = rundir.make_run_id()
     rundir.record_driver(run_dir, run_id)
-    session = Run(config, run_dir, console, live_mode, resumed)
+    info = {"run_dir": run_dir, "run_id": run_id, "driver_host": socket.gethostname()}
+    session = Session(config, run_dir, console, live_mode, resumed, placement, request, info)
     folds = config.scheduler.folds
     session.emit(ev.make(st.RUN_STARTED, name=config.name, run_dir=run_dir, folds=folds,
                          placement="%s %s" % (placement, pl.format_request(request)), where=where,
                          resumed=resumed))
     if node_count > 1:
-        session.emit(ev.make(st.NOTICE, text="%d nodes: keep the run directory on a filesystem every host "
-                                             "mounts at the same path, or checkpoints die with their host"
-                                             % node_count))
-    done = finished_folds(run_dir, folds)
+        session.notice("%d nodes: keep the run directory on a filesystem every host mounts at the same path, or "
+                       "checkpoints die with their host" % node_count)
+    done = finished_folds(run_dir, folds, session.notice)
     for fold in folds:
         if fold in done:
             session.emit(ev.make(st.FOLD_SKIPPED, fold=fold, metrics=done[fold]))
@@ -289,17 +177,17 @@ def _drive(config, console, run_dir, resumed, live_mode, placement, request, whe
                 redirect_stdout=True, redirect_stderr=True) if live_mode else None
     try:
         with StopRequest() as stop:
-            channel = start_channel()
+            session.channel = start_channel()
             for fold in folds:
                 if fold not in done:
                     attempt = session.view.folds[fold].attempt + 1 if fold in session.view.folds else 1
-                    session.submit(fold, attempt, placement, request, channel, run_id)
+                    session.submit(fold, attempt)
             if live is not None:
                 live.start()
             try:
-                _watch(session, channel, placement, request, run_id, live, stop)
+                _watch(session, live, stop)
                 if stop.requested:
-                    _stop(session, channel, live, stop.signal_name)
+                    _stop(session, live, stop.signal_name)
                     outcome = "interrupted"
                 else:
                     session.emit(ev.make(st.RUN_FINISHED))
@@ -308,40 +196,49 @@ def _drive(config, console, run_dir, resumed, live_mode, placement, request, whe
                 if live is not None:
                     session.refresh(live)
                     live.stop()
+        session.finish_cleanups()
     finally:
         session.log.close()
-        rundir.mark_ended(run_dir, outcome)
+        try:
+            rundir.mark_ended(run_dir, outcome)
+        except OSError as e:
+            console.print("could not record the run's end in %s (%s)" % (rundir.RUN_RECORD, e), highlight=False)
     if outcome == "interrupted":
         st.mark_interrupted(session.view)
     results = build_results(session.view)
-    write_results(run_dir, results)
+    try:
+        write_results(run_dir, results)
+        written = "results: %s/results.{md,csv,json}" % run_dir
+    except OSError as e:
+        written = "could not write the results into %s (%s); `python -m scheduler table %s` prints them again " \
+                  "once there is room" % (run_dir, e.strerror, run_dir)
     console.print(to_table(results))
-    console.print("results: %s/results.{md,csv,json}" % run_dir, highlight=False)
+    console.print(written, highlight=False)
     if outcome == "interrupted":
         console.print("interrupted; resume with: python -m scheduler run --resume %s" % run_dir, highlight=False)
         return 130
     return 0 if all(row["state"] == "done" for row in results["folds"]) else 1
 
 
-def _watch(session, channel, placement, request, run_id, live, stop):
+def _watch(session, live, stop):
     import ray
 
     while session.pending and not stop.requested:
         ready, _ = ray.wait(list(session.pending), num_returns=len(session.pending), timeout=POLL_S)
-        session.drain(channel)
+        session.drain()
         for ref in ready:
-            session.collect(ref, placement, request, channel, run_id)
+            session.collect(ref)
+        session.check(time.time())
         session.refresh(live)
-    session.drain(channel)
+    session.drain()
 
 
-def _stop(session, channel, live, signal_name):
+def _stop(session, live, signal_name):
     """Every running fold saves a checkpoint and stops; a second signal kills them."""
     import ray
 
     session.stopping = True
-    session.emit(ev.make(st.NOTICE, text="%s: stopping; each running fold saves a checkpoint (Ctrl-C again to kill)"
-                                         % signal_name))
+    session.notice("%s: stopping; each running fold saves a checkpoint (Ctrl-C again to kill)" % signal_name)
     for ref in list(session.pending):
         ray.cancel(ref)
     deadline = time.time() + session.config.scheduler.stop_timeout_s
@@ -352,9 +249,9 @@ def _stop(session, channel, live, signal_name):
             else:
                 ready = []
                 time.sleep(POLL_S)
-            session.drain(channel)
+            session.drain()
             for ref in ready:
-                session.collect(ref, None, None, channel, None)
+                session.collect(ref)
             session.refresh(live)
     except KeyboardInterrupt:
         pass
@@ -362,7 +259,7 @@ def _stop(session, channel, live, signal_name):
         ray.cancel(ref, force=True)
         session.pending.pop(ref)
     try:
-        session.drain(channel)
+        session.drain(wait_s=1.0)
     except Exception:  # the channel may already be gone with a dying cluster
         pass
     session.emit(ev.make(st.RUN_INTERRUPTED, resume="python -m scheduler run --resume %s" % session.run_dir))

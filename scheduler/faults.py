@@ -11,8 +11,12 @@ Actions, taken in the fold's own training thread right after the event is report
           (Ctrl-C on the driver) still interrupts it, as it would a slow step.
   crash   kill the worker process with SIGKILL (a segfault, the OOM killer).
   raise   raise RuntimeError(text) (a device or runtime error, not the user's fault).
+  kill_channel
+          kill the progress channel actor's process (Ray restarts it).
   set     before training: override config keys of this fold, e.g.
           {"fold": 2, "action": "set", "keys": {"train.learning_rate": 1.0e12}}.
+  stage   before training: act as a host that does not see the run directory (the fold
+          is staged and collected); "extra_member": "../x" adds that member to its archive.
 """
 
 import json
@@ -21,7 +25,8 @@ import signal
 import time
 
 ENV = "LMTCNN_FAULTS"
-ACTIONS = ("hold", "crash", "raise", "set")
+ACTIONS = ("hold", "crash", "raise", "set", "kill_channel", "stage")
+SETUP = ("set", "stage")  # taken before training, not after an event
 
 
 def load_plan():
@@ -41,6 +46,14 @@ def _matches(rule, fold, attempt):
     return rule.get("fold", fold) == fold and rule.get("attempt", attempt) == attempt
 
 
+def staging(plan, fold, attempt):
+    """The "stage" rule for this fold attempt, or None."""
+    for rule in plan or ():
+        if rule["action"] == "stage" and _matches(rule, fold, attempt):
+            return rule
+    return None
+
+
 def config_overrides(plan, fold, attempt):
     """{dotted key: value} that "set" rules give this fold attempt."""
     keys = {}
@@ -50,10 +63,10 @@ def config_overrides(plan, fold, attempt):
     return keys
 
 
-def after_event(plan, event):
+def after_event(plan, event, channel=None):
     """Carry out the step actions that match `event` (a fold task's tagged event)."""
     for rule in plan or ():
-        if rule["action"] == "set" or not _matches(rule, event["fold"], event["attempt"]):
+        if rule["action"] in SETUP or not _matches(rule, event["fold"], event["attempt"]):
             continue
         if rule.get("event", event["event"]) != event["event"] or rule.get("step", event.get("step")) != event.get(
                 "step"):
@@ -66,3 +79,7 @@ def after_event(plan, event):
             os.kill(os.getpid(), signal.SIGKILL)
         elif rule["action"] == "raise":
             raise RuntimeError(rule.get("text", "injected runtime error"))
+        elif rule["action"] == "kill_channel":
+            import ray
+
+            ray.kill(channel, no_restart=False)

@@ -4,13 +4,11 @@ Runs in a fresh worker process (max_calls=1), so TensorFlow state and device mem
 with the task, and the device variables are set before TensorFlow is first imported.
 """
 
+import errno
 import fcntl
-import io
 import json
 import os
-import shutil
 import socket
-import tarfile
 import tempfile
 
 import ray
@@ -18,7 +16,10 @@ import ray
 from lmtcnn import events as ev
 from lmtcnn.files import read_json
 from scheduler import faults
+from scheduler.collect import pack_dir, stage_dir
 from scheduler.rundir import RUN_RECORD, fold_dir
+
+LOCK_DIR_ENV = "LMTCNN_LOCK_DIR"  # tests give each session its own; default: the host's temp dir
 
 
 def device_index(placement):
@@ -43,20 +44,66 @@ def device_index(placement):
     return int(visible.split(",")[instance]) if visible else instance
 
 
-def claim_device(node_id, placement, index):
-    """Hold a lock file for (node, device) while the task lives; a held lock means Ray gave
-    two running folds the same device, which happens on Ray 2.7.2 when the head was
-    started without the NPU system config. Returns the open lock file (keep it open)."""
+class FoldError(Exception):
+    """How a fold attempt failed, as plain data: the driver reads it without TensorFlow.
+
+    retryable: a runtime or device error another attempt may not meet; False for the
+    user's errors (bad data or configuration, a diverged loss) and a full disk, which a
+    retry would only repeat.
+    """
+
+    def __init__(self, reason, retryable):
+        super().__init__(reason)
+        self.reason, self.retryable = reason, retryable
+
+    def __reduce__(self):
+        return FoldError, (self.reason, self.retryable)
+
+
+def classify(error):
+    """The FoldError for an exception raised by training."""
+    from lmtcnn.errors import TrainingDiverged, UserError
+
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    disk_full = getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
+    # TF puts a header ("Graph execution error:") above the line that says what happened.
+    telling = [line for line in lines if ("No space left" in line if disk_full else not line.endswith(":"))]
+    text = (telling or lines or [""])[0][:400]
+    reason = "%s: %s" % (type(error).__name__, text) if text else type(error).__name__
+    if isinstance(error, (UserError, TrainingDiverged)):
+        return FoldError(reason, retryable=False)
+    if disk_full:
+        return FoldError(reason + "; free disk space, then resume the run", retryable=False)
+    return FoldError(reason, retryable=True)
+
+
+def lock_dir():
+    return os.environ.get(LOCK_DIR_ENV) or tempfile.gettempdir()
+
+
+def claim_device(placement, index):
+    """Hold a lock file for the device on this host while the task lives. A held lock means
+    two folds were given one chip: Ray 2.7.2 does that when the head was started without
+    the NPU system config, and two Ray instances on one host each hand out every chip.
+    Returns the open lock file (keep it open), None on CPU placement."""
     if index is None:
         return None
-    path = os.path.join(tempfile.gettempdir(), "lmtcnn-%s-%s%d.lock" % (node_id[:16], placement, index))
-    lock = open(path, "w")
+    path = os.path.join(lock_dir(), "lmtcnn-%s%d.lock" % (placement, index))
+    # Writable by everyone: another user's Ray instance must be able to find it held.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        os.fchmod(fd, 0o666)
+    except OSError:
+        pass  # another user's file: locking it still works
+    lock = os.fdopen(fd, "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        raise RuntimeError("%s %d on %s is already used by another fold: start the Ray head with "
-                           "--system-config='{\"custom_unit_instance_resources\":\"neuron_cores,TPU,NPU\"}' "
-                           "(cluster/start-head.sh does)" % (placement.upper(), index, socket.gethostname()))
+        lock.close()
+        raise RuntimeError("%s %d on %s is already used by another fold (another Ray instance on this host, or "
+                           "a Ray 2.7.2 head started without --system-config='{\"custom_unit_instance_resources\":"
+                           "\"neuron_cores,TPU,NPU\"}', which cluster/start-head.sh sets)"
+                           % (placement.upper(), index, socket.gethostname()))
     return lock
 
 
@@ -71,48 +118,48 @@ def set_device_env(placement, index):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
-def fold_workdir(run_dir, run_id, fold):
+def fold_workdir(session, fold, pretend_unshared=False):
     """(work directory, shared): the run's own fold directory when this host sees the
-    driver's run directory, else a local staging directory collected at the end."""
+    driver's run directory (its run.json names this session), else a staging directory
+    on this host, collected by the driver when the fold finishes."""
     try:
-        shared = read_json(os.path.join(run_dir, RUN_RECORD)).get("run_id") == run_id
+        shared = read_json(os.path.join(session["run_dir"], RUN_RECORD)).get("run_id") == session["run_id"]
     except (OSError, ValueError):
         shared = False
+    shared = shared and not pretend_unshared
     if shared:
-        return fold_dir(run_dir, fold), True
-    return os.path.join(tempfile.gettempdir(), "lmtcnn-runs", run_id, "fold_%d" % fold), False
-
-
-def pack_dir(path):
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(path, arcname=".")
-    return buffer.getvalue()
+        return fold_dir(session["run_dir"], fold), True
+    return stage_dir(session["run_dir"], session["driver_host"], fold), False
 
 
 @ray.remote(max_calls=1, max_retries=0)
-def run_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel, fault_plan=None):
-    """Train one fold attempt; returns {"finished": event, "archive": tar bytes or None}.
+def run_fold(config_dict, fold, attempt, session, placement, channel, fault_plan=None):
+    """Train one fold attempt.
 
-    Progress goes to `channel` tagged with fold, attempt, host and device. The finished
-    event travels in the return value instead, so the driver records it exactly once.
+    Args: session = {"run_dir", "run_id", "driver_host"} of the driver.
+    Returns: {"finished": event, "archive": tar bytes or None, "staged": path or None,
+      "node_id": node}; the archive (with the staged path it came from) when this host
+      does not see the run directory.
+    Raises: FoldError (retryable or not); KeyboardInterrupt when cancelled.
+    Progress goes to `channel` tagged with fold, attempt, host, device and a sequence
+    number per attempt. The finished event travels in the return value instead, so the
+    driver records it exactly once, even if the channel restarted meanwhile.
     """
     host = socket.gethostname()
     node_id = ray.get_runtime_context().get_node_id()
     index = device_index(placement)
     label = "CPU" if index is None else "%s%d" % (placement.upper(), index)
-    lock = claim_device(node_id, placement, index)
+    lock = claim_device(placement, index)
     try:
         set_device_env(placement, index)
-        return _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel, host, node_id,
-                           label, fault_plan)
+        return _train_fold(config_dict, fold, attempt, session, placement, channel, host, node_id, label,
+                           fault_plan)
     finally:
         if lock is not None:  # released now: the process may outlive the task a little
             lock.close()
 
 
-def _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel, host, node_id, label,
-                fault_plan):
+def _train_fold(config_dict, fold, attempt, session, placement, channel, host, node_id, label, fault_plan):
     from lmtcnn.config import apply_override, build_config
     from scheduler.config import RunConfig
     from scheduler.dashboard import format_event
@@ -123,24 +170,30 @@ def _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel,
     if config.train.device == "auto":
         config.train.device = placement
     if config.train.device == "cpu" and not config.train.cpu_threads:
-        config.train.cpu_threads = max(config.scheduler.cpus_per_fold, 1)
-    workdir, shared = fold_workdir(run_dir, run_id, fold)
+        config.train.cpu_threads = config.scheduler.cpus_per_fold
+    if not config.train.preprocess_threads:
+        config.train.preprocess_threads = config.scheduler.cpus_per_fold
+    staging = faults.staging(fault_plan, fold, attempt)
+    workdir, shared = fold_workdir(session, fold, pretend_unshared=staging is not None)
     os.makedirs(workdir, exist_ok=True)
-    finished, stopped = {}, []
+    finished, stopped, sequence = {}, [], [0]
 
     with open(os.path.join(workdir, "log.txt"), "a", encoding="utf-8") as log:
         def report(event):
             event.update(fold=fold, attempt=attempt, host=host, node_id=node_id, device_label=label,
                          pid=os.getpid())
+            if event["event"] != ev.FOLD_FAILED:  # numbered: what the driver receives
+                sequence[0] += 1
+                event["seq"] = sequence[0]
             log.write(format_event(event) + "\n")
             log.flush()
             if event["event"] == ev.FOLD_FINISHED:
                 finished.update(event)
-            else:
+            elif event["event"] != ev.FOLD_FAILED:  # the driver reports failures, retried or final
                 if event["event"] == ev.FOLD_STOPPED:
                     stopped.append(event)
                 channel.push.remote(event)
-            faults.after_event(fault_plan, event)
+            faults.after_event(fault_plan, event, channel)
 
         visible = {k: os.environ[k] for k in ("ASCEND_RT_VISIBLE_DEVICES", "ASCEND_DEVICE_ID",
                                               "CUDA_VISIBLE_DEVICES") if k in os.environ}
@@ -150,7 +203,7 @@ def _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel,
             report(ev.make(ev.MESSAGE, not_shared=True,
                            text="%s does not see the run directory %s: fold %d writes to %s and is collected "
                                 "when it finishes; its checkpoints do not survive the loss of %s"
-                                % (host, run_dir, fold, workdir, host)))
+                                % (host, session["run_dir"], fold, workdir, host)))
         try:
             from lmtcnn.train import train  # TensorFlow loads here, after the device variables
 
@@ -159,6 +212,8 @@ def _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel,
             if not stopped:  # before the trainer's session existed: nothing to save, but say so
                 report(ev.make(ev.FOLD_STOPPED, step=None))
             raise
+        except Exception as e:
+            raise classify(e) from None
         finally:
             # The driver records the task's end from its result: progress must be there first.
             try:
@@ -166,7 +221,14 @@ def _train_fold(config_dict, fold, attempt, run_dir, run_id, placement, channel,
             except Exception:  # a lost channel must not hide how the fold ended
                 pass
     if shared:
-        return {"finished": finished, "archive": None}
-    archive = pack_dir(workdir)
-    shutil.rmtree(workdir, ignore_errors=True)  # the driver's copy is the one that counts
-    return {"finished": finished, "archive": archive}
+        return {"finished": finished, "archive": None, "staged": None, "node_id": node_id}
+    # The staged copy stays until the driver has installed this one (scheduler.collect).
+    archive = pack_dir(workdir, extra_member=(staging or {}).get("extra_member"))
+    return {"finished": finished, "archive": archive, "staged": workdir, "node_id": node_id}
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def remove_staged(path):
+    from scheduler.collect import remove_staged as remove
+
+    return remove(path)

@@ -28,7 +28,7 @@ def choose_placement(requested, nodes):
 
 def resource_request(placement, cpus_per_fold):
     """Ray resource amounts for one fold: one device, plus CPUs for its input pipeline."""
-    request = {"CPU": cpus_per_fold} if cpus_per_fold else {}
+    request = {"CPU": cpus_per_fold}
     if placement == "npu":
         request[NPU] = 1
     elif placement == "gpu":
@@ -44,19 +44,26 @@ def task_options(request):
     return options
 
 
-def check_feasible(request, nodes, where):
-    """UserError unless some alive node could ever hold `request` at once."""
-    for node in nodes:
-        if all(node["Resources"].get(k, 0) >= v for k, v in request.items()):
-            return
-    offered = "; ".join(
+def feasible(request, nodes):
+    """Whether some node of `nodes` could ever hold `request` at once."""
+    return any(all(node["Resources"].get(k, 0) >= v for k, v in request.items()) for node in nodes)
+
+
+def describe_offers(nodes):
+    return "; ".join(
         "%s: %s" % (n.get("NodeManagerAddress", "?"),
                     ", ".join("%s %g" % (k, v) for k, v in sorted(n["Resources"].items())
                               if k in ("CPU", "GPU", NPU)) or "nothing")
         for n in nodes) or "no alive node"
+
+
+def check_feasible(request, nodes, where):
+    """UserError unless some alive node could ever hold `request` at once."""
+    if feasible(request, nodes):
+        return
     raise UserError("scheduler.device/cpus_per_fold: no node of %s can hold one fold's request %s (nodes offer %s); "
                     "start hosts with cluster/start-*.sh, or set scheduler.device / scheduler.cpus_per_fold "
-                    "to what the cluster has" % (where, format_request(request), offered))
+                    "to what the cluster has" % (where, format_request(request), describe_offers(nodes)))
 
 
 def format_request(request):

@@ -5,7 +5,7 @@ import os
 from rich.table import Table
 
 from lmtcnn.errors import UserError
-from lmtcnn.prepare import MANIFEST, load_manifest, prepare
+from lmtcnn.prepare import MANIFEST, check_fold_data, load_manifest, prepare
 from lmtcnn.synth import synthesize
 
 
@@ -25,24 +25,7 @@ def ensure_data(config, say=print, generate=True):
         synthesize(raw, per_fold=data.synthetic_per_fold, seed=data.synthetic_seed)
         prepare(raw, data.data_dir)
     manifest = load_manifest(data.data_dir)
-    counts = {}
-    for fold in config.scheduler.folds:
-        entry = manifest["folds"].get(str(fold))
-        if entry is None:
-            raise UserError("%s: manifest has no fold %d; prepare the data again" % (data.data_dir, fold))
-        counts[fold] = {}
-        for role in ("train", "val", "test"):
-            files = [os.path.join(data.data_dir, f) for f in entry[role]["files"]]
-            missing = [f for f in files if not os.path.isfile(f)]
-            if missing:
-                raise UserError("%s: fold %d %s data missing (%s); prepare the data again"
-                                % (data.data_dir, fold, role, missing[0]))
-            if role != "val" and entry[role]["count"] == 0:
-                raise UserError("%s: fold %d has no %s images" % (data.data_dir, fold, role))
-            counts[fold][role] = entry[role]["count"]
-        if counts[fold]["train"] < config.train.batch_size:
-            raise UserError("%s: fold %d has %d training images, fewer than train.batch_size %d"
-                            % (data.data_dir, fold, counts[fold]["train"], config.train.batch_size))
+    counts = {fold: check_fold_data(config, manifest, fold) for fold in config.scheduler.folds}
     pretrained = config.train.pretrained_checkpoint
     if pretrained and not (os.path.isdir(pretrained) or os.path.exists(pretrained + ".index")):
         raise UserError("train.pretrained_checkpoint %s: no checkpoint there (give a prefix such as "

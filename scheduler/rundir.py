@@ -1,7 +1,8 @@
 """The run directory: one folder holds everything a run produces.
 
   config.yaml       the resolved configuration
-  run.json          run id, driver host and pid (tells `status` whether it is alive)
+  driver.lock       held while a driver runs the directory (scheduler/runlock.py)
+  run.json          run id, driver host and pid, and how the last session ended
   events.jsonl      every progress event, appended as it arrives
   fold_<k>/         the fold's work directory (checkpoints/, tensorboard/, final/,
                     metrics.json, log.txt)
@@ -22,14 +23,27 @@ CONFIG = "config.yaml"
 RUN_RECORD = "run.json"
 
 
-def new_run_dir(config):
+def new_run_dir(config, force=False):
+    """Create (or reuse an empty) run directory and lock it. Returns (path, lock record, note)."""
+    from scheduler import runlock
+
     s = config.scheduler
-    path = s.run_dir or os.path.join(s.runs_root, "%s-%s" % (config.name, time.strftime("%Y%m%d-%H%M%S")))
+    path = os.path.abspath(s.run_dir or os.path.join(s.runs_root, "%s-%s" % (config.name,
+                                                                            time.strftime("%Y%m%d-%H%M%S"))))
     if os.path.exists(os.path.join(path, EVENTS)):
         raise UserError("%s: holds an earlier run; continue it with `python -m scheduler run --resume %s` "
                         "or choose another scheduler.run_dir" % (path, path))
-    os.makedirs(path, exist_ok=True)
-    return os.path.abspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError("%s: cannot create the run directory (%s); choose another scheduler.run_dir or "
+                        "scheduler.runs_root" % (path, e.strerror))
+    record, note = runlock.acquire(path, force)
+    if os.path.exists(os.path.join(path, EVENTS)):  # another driver started it just before us
+        runlock.release(path, record)
+        raise UserError("%s: holds an earlier run; continue it with `python -m scheduler run --resume %s`"
+                        % (path, path))
+    return path, record, note
 
 
 def fold_dir(run_dir, fold):
@@ -53,40 +67,64 @@ def make_run_id():
 
 
 def driver_alive(run_dir):
-    """True when the driver recorded in run.json still runs (checked on its own host only)."""
-    try:
-        record = read_json(os.path.join(run_dir, RUN_RECORD))
-    except (OSError, ValueError):
-        return False
-    if record.get("ended") or record.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(record["pid"], 0)
-    except (OSError, KeyError):
-        return False
-    return True
+    """True when a driver holds the run directory's lock on this host, None when the lock
+    is held from another host (which cannot be checked from here), False otherwise."""
+    from scheduler import runlock
+
+    return runlock.holder_alive(runlock.read_holder(run_dir))
 
 
 def mark_ended(run_dir, how):
     path = os.path.join(run_dir, RUN_RECORD)
-    record = read_json(path)
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        record = {}
     record["ended"] = how
     write_json_atomic(path, record)
 
 
 class EventLog:
-    """Appends events to events.jsonl, one JSON object a line, flushed as they come."""
+    """Appends events to events.jsonl, one JSON object a line, written as they come.
 
-    def __init__(self, run_dir):
+    A write that fails (a full disk) keeps its bytes and the next append tries them
+    again, so a freed disk loses no event and the driver never dies of it; `on_trouble`
+    hears of the first failure and of the recovery.
+    """
+
+    def __init__(self, run_dir, on_trouble=None):
         self.path = os.path.join(run_dir, EVENTS)
-        self.file = open(self.path, "a", encoding="utf-8")
+        self.on_trouble = on_trouble or (lambda text: None)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        self.backlog = b""
+        self.failing = False
+        size = os.fstat(self.fd).st_size
+        if size:
+            with open(self.path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    # A killed driver left a torn last line: end it, or the next event
+                    # would be glued to it and lost with it.
+                    self.backlog = b"\n"
 
     def append(self, event):
-        self.file.write(json.dumps(event, sort_keys=True) + "\n")
-        self.file.flush()
+        self.backlog += (json.dumps(event, sort_keys=True) + "\n").encode("utf-8")
+        try:
+            while self.backlog:
+                written = os.write(self.fd, self.backlog)
+                self.backlog = self.backlog[written:]
+        except OSError as e:
+            if not self.failing:
+                self.failing = True
+                self.on_trouble("cannot write %s (%s); events are kept in memory and written once it works "
+                                "again" % (self.path, e.strerror))
+            return
+        if self.failing:
+            self.failing = False
+            self.on_trouble("writing %s again; no event was lost" % self.path)
 
     def close(self):
-        self.file.close()
+        os.close(self.fd)
 
 
 def read_events(run_dir):

@@ -13,6 +13,7 @@ from lmtcnn import events as ev
 RUN_STARTED = "run_started"          # run_dir, folds, placement, shared_note
 FOLD_QUEUED = "fold_queued"          # fold, attempt
 FOLD_RETRYING = "fold_retrying"      # fold, attempt (the next one), reason
+FOLD_STALLED = "fold_stalled"        # fold, attempt, step, quiet_s (cancelled; a retry or failure follows)
 FOLD_SKIPPED = "fold_skipped"        # fold (finished in an earlier session), metrics
 RUN_INTERRUPTED = "run_interrupted"  # resume command
 RUN_FINISHED = "run_finished"
@@ -83,6 +84,8 @@ def apply(view, event):
         fold.state = "retrying" if fold.state == "retrying" else "queued"
     elif kind == FOLD_RETRYING:
         fold.state, fold.reason = "retrying", event["reason"]
+    elif kind == FOLD_STALLED:
+        fold.reason = "stalled at step %s: no report for %.0f s" % (event.get("step"), event["quiet_s"])
     elif kind == ev.FOLD_STARTED:
         fold.state = "retrying" if fold.state == "retrying" else "running"
         fold.host, fold.device = event.get("host", ""), event.get("device_label", event["device"])

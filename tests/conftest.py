@@ -2,11 +2,16 @@
 
 import os
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# Device locks are per host; a test session keeps its own, so two sessions on one machine
+# (the two lanes side by side) never see each other's NPU 0 as taken. Ray workers and
+# driver subprocesses inherit it.
+os.environ["LMTCNN_LOCK_DIR"] = tempfile.mkdtemp(prefix="lmtcnn-test-locks-")
 
 
 @pytest.fixture(scope="session")
@@ -104,3 +109,72 @@ class EventTail:
     def close(self):
         self.stop.set()
         self.thread.join(5)
+
+
+def write_faults(tmp_path, rules, monkeypatch=None):
+    """Fault rules (scheduler/faults.py) in a file; with `monkeypatch`, named in
+    $LMTCNN_FAULTS for the next run() in this process. Returns the file's path."""
+    import json
+
+    path = os.path.join(str(tmp_path), "faults.json")
+    with open(path, "w") as f:
+        json.dump(rules, f)
+    if monkeypatch is not None:
+        monkeypatch.setenv("LMTCNN_FAULTS", path)
+    return path
+
+
+def summarize(run_dir):
+    """What a run's events.jsonl tells of its faults, for assertions and docs/RELIABILITY.md.
+
+    steps_lost: per fold, the steps an attempt had reported beyond the step its successor
+    started from, summed. events_lost / events_repeated: per attempt, sequence numbers
+    missing below the highest one received / received more than once.
+    """
+    import collections
+
+    from scheduler import rundir
+
+    events = rundir.read_events(str(run_dir))
+    attempts = collections.defaultdict(lambda: {"start": None, "reached": 0, "seqs": []})
+    for e in events:
+        if "attempt" not in e or "fold" not in e:
+            continue
+        a = attempts[(e["fold"], e["attempt"])]
+        if "seq" in e:
+            a["seqs"].append(e["seq"])
+        if e["event"] == "fold_started":
+            a["start"] = e["start_step"]
+        if e["event"] in ("step_done", "checkpoint_saved", "fold_stopped", "fold_finished") and e.get("step"):
+            a["reached"] = max(a["reached"], e["step"])
+    steps_lost = 0
+    for (fold, number), a in attempts.items():
+        after = attempts.get((fold, number + 1))
+        if after and after["start"] is not None:
+            steps_lost += max(a["reached"] - after["start"], 0)
+    finished = {e["fold"] for e in events if e["event"] in ("fold_finished", "fold_skipped")}
+    failed = {e["fold"] for e in events if e["event"] == "fold_failed"} - finished
+    return {
+        "events": events,
+        "finished": sorted(finished),
+        "failed": sorted(failed),
+        "attempts": {fold: max(n for f, n in attempts if f == fold) for fold, _ in attempts},
+        "steps_lost": steps_lost,
+        "events_lost": sum(max(a["seqs"]) - len(set(a["seqs"])) for a in attempts.values() if a["seqs"]),
+        "events_repeated": sum(len(a["seqs"]) - len(set(a["seqs"])) for a in attempts.values()),
+    }
+
+
+@pytest.fixture
+def fault_record(request):
+    """record(**figures): one line of the fault matrix, appended to $LMTCNN_FAULT_REPORT
+    (JSON lines; bench/fault_matrix.py turns them into docs/RELIABILITY.md's table)."""
+    import json
+
+    def record(**figures):
+        path = os.environ.get("LMTCNN_FAULT_REPORT")
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps(dict(test=request.node.nodeid, **figures), sort_keys=True) + "\n")
+
+    return record

@@ -55,7 +55,7 @@ def variables(prefix):
 def test_events_checkpoints_metrics_and_final_weights(first_run):
     events = first_run.events
     assert names(events) == ["fold_started", "step_done", "step_done", "checkpoint_saved", "step_done",
-                             "checkpoint_saved", "fold_finished"]
+                             "checkpoint_saved", "eval_started", "fold_finished"]
     started = events[0]
     assert started["start_step"] == 0 and started["total_steps"] == 6 and started["device"] == "cpu"
     manifest = load_manifest(first_run.config.data.data_dir)

@@ -1,0 +1,318 @@
+"""One driver session of a run directory: the fold attempts in flight and what becomes of them.
+
+Every event passes through `Session.emit` (events.jsonl, the state, plain lines). The
+driver loop calls `drain`, `check` and `collect`; they decide retries: a worker or host
+that died, a stall, or a runtime error is retried from the fold's checkpoint; the user's
+errors and a full disk fail the fold; a fold no node can hold fails after a while.
+"""
+
+import collections
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from lmtcnn import events as ev
+from lmtcnn.config import config_to_dict
+from scheduler import collect, faults, rundir
+from scheduler import placement as pl
+from scheduler import state as st
+from scheduler.dashboard import format_event, render
+from scheduler.watchdog import Heartbeat
+
+CHECK_EVERY_S = 2.0   # placement and stall checks (events are drained more often)
+DRAIN_WAIT_S = 10.0   # how long a final drain waits for a restarting channel
+
+
+@dataclass
+class Attempt:
+    fold: int
+    attempt: int
+    heartbeat: Heartbeat
+    unplaceable_since: Optional[float] = None
+    ended_by_driver: str = ""  # "stalled" or "unplaceable": the driver cancelled it
+    note: str = ""             # why, in words
+
+
+class Session:
+    def __init__(self, config, run_dir, console, live_mode, resumed, placement, request, info):
+        """info: {"run_dir", "run_id", "driver_host"}, handed to every fold task."""
+        self.config, self.run_dir, self.console, self.live_mode = config, run_dir, console, live_mode
+        self.placement, self.request, self.info = placement, request, info
+        self.view = st.RunView()
+        if resumed:
+            for event in rundir.read_events(run_dir):
+                st.apply(self.view, event)
+        self.log = rundir.EventLog(run_dir, on_trouble=self._trouble)
+        self.channel = None
+        self.pending = {}  # ObjectRef -> Attempt
+        self.stopping = False  # after a stop signal: nothing is retried or resubmitted
+        # Fold attempts that have reported and not yet ended: after a stop the driver waits
+        # for these to save, since Ray reports a cancelled task before its handler has run.
+        self.active = set()
+        self.seen = collections.defaultdict(set)  # (fold, attempt) -> sequence numbers received
+        self.said = set()  # one-time notices already given
+        self.drain_ref, self.channel_trouble = None, ""
+        self.cleanups = []  # tasks deleting collected folds' staged copies
+        self.fault_plan = faults.load_plan()  # None outside the fault-matrix tests
+        self.last_check = 0.0
+
+    # -- recording ---------------------------------------------------------------------
+
+    def emit(self, event):
+        """Record an event: events.jsonl, the state, and a plain line when not live.
+        Events a fold task sent twice (the channel replayed them) are dropped here."""
+        event.setdefault("time", time.time())
+        if "seq" in event:
+            key = (event["fold"], event["attempt"])
+            if event["seq"] in self.seen[key]:
+                return
+            self.seen[key].add(event["seq"])
+            attempt = self._attempt(key)
+            if attempt is not None:
+                attempt.heartbeat.heard(event, time.time())
+            if event["event"] in (ev.FOLD_STOPPED, ev.FOLD_FINISHED):
+                self.active.discard(key)
+            else:
+                self.active.add(key)
+        if event["event"] == ev.MESSAGE and event.get("not_shared"):
+            self.notice_once("not_shared", event["text"])
+        self.log.append(event)
+        st.apply(self.view, event)
+        self.say(format_event(event))
+
+    def notice(self, text):
+        self.emit(ev.make(st.NOTICE, text=text))
+
+    def notice_once(self, key, text):
+        if key not in self.said:
+            self.said.add(key)
+            self.notice(text)
+
+    def say(self, line):
+        if not self.live_mode:
+            self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    def _trouble(self, text):
+        # The event log itself is failing: tell the screen, not the log.
+        self.view.notices.append(text)
+        self.say("note: " + text)
+
+    def refresh(self, live):
+        if live is not None:
+            live.update(render(self.view, time.time()), refresh=True)
+
+    def _attempt(self, key):
+        for attempt in self.pending.values():
+            if (attempt.fold, attempt.attempt) == key:
+                return attempt
+        return None
+
+    # -- the progress channel ----------------------------------------------------------
+
+    def drain(self, wait_s=0.0):
+        """Take what the channel holds. One drain call is in flight at a time: a call made
+        while the channel restarts is answered after the restart, and its events are
+        taken then, never dropped with an abandoned call. Returns False if none answered."""
+        import ray
+        from ray.exceptions import RayError
+
+        if self.drain_ref is None:
+            self.drain_ref = self.channel.drain.remote()
+        ready, _ = ray.wait([self.drain_ref], timeout=wait_s)
+        if not ready:
+            if not self.channel_trouble and wait_s:
+                self.channel_trouble = "the progress channel does not answer; Ray restarts it, folds train on"
+                self.notice(self.channel_trouble)
+            return False
+        ref, self.drain_ref = self.drain_ref, None
+        try:
+            events = ray.get(ref)
+        except RayError as e:
+            if not self.channel_trouble:
+                self.channel_trouble = "the progress channel failed (%s); Ray restarts it, folds train on" % (
+                    type(e).__name__)
+                self.notice(self.channel_trouble)
+            return False
+        if self.channel_trouble:
+            self.channel_trouble = ""
+            self.notice("the progress channel answers again")
+        for event in events:
+            self.emit(event)
+        return True
+
+    def drain_all(self):
+        """Everything a task sent before it ended (it waited for the channel to have it)."""
+        deadline = time.time() + DRAIN_WAIT_S
+        while not self.drain(wait_s=max(deadline - time.time(), 0.1)) and time.time() < deadline:
+            pass
+
+    # -- attempts ----------------------------------------------------------------------
+
+    def submit(self, fold, attempt):
+        from scheduler.fold_task import run_fold
+
+        s = self.config.scheduler
+        ref = run_fold.options(**pl.task_options(self.request)).remote(
+            config_to_dict(self.config), fold, attempt, self.info, self.placement, self.channel, self.fault_plan)
+        self.pending[ref] = Attempt(fold, attempt, Heartbeat(s.startup_timeout_s, s.stall_timeout_s))
+        self.emit(ev.make(st.FOLD_QUEUED, fold=fold, attempt=attempt))
+
+    def check(self, now, force=False):
+        """Every CHECK_EVERY_S: cancel stalled attempts; fail those no alive node can hold
+        after scheduler.unplaceable_timeout_s."""
+        import ray
+
+        if not force and now - self.last_check < CHECK_EVERY_S:
+            return
+        self.last_check = now
+        s = self.config.scheduler
+        nodes = None
+        for ref, a in list(self.pending.items()):
+            if a.ended_by_driver:
+                continue
+            if a.heartbeat.last is None:  # not started: can any alive node take it?
+                nodes = pl.alive_nodes() if nodes is None else nodes
+                if pl.feasible(self.request, nodes):
+                    a.unplaceable_since = None
+                elif a.unplaceable_since is None:
+                    a.unplaceable_since = now
+                    self.notice("fold %d waits for a node that can hold %s; none of the alive nodes can (%s); it "
+                                "fails after %.0f s (scheduler.unplaceable_timeout_s)" % (
+                                    a.fold, pl.format_request(self.request), pl.describe_offers(nodes),
+                                    s.unplaceable_timeout_s))
+                elif now - a.unplaceable_since > s.unplaceable_timeout_s:
+                    a.ended_by_driver = "unplaceable"
+                    ray.cancel(ref, force=True)
+                    self.emit(ev.make(ev.FOLD_FAILED, fold=a.fold, attempt=a.attempt, reason=(
+                        "no alive node could hold %s for %.0f s (nodes offer %s); start a host with that resource "
+                        "and resume the run" % (pl.format_request(self.request), now - a.unplaceable_since,
+                                                pl.describe_offers(nodes)))))
+                continue
+            quiet = a.heartbeat.stalled(now)
+            if quiet is not None:
+                step = self.view.folds[a.fold].step
+                a.ended_by_driver = "stalled"
+                a.note = "stalled at step %d: no report for %.0f s (allowed %.0f s)" % (
+                    step, quiet, a.heartbeat.quiet_allowed())
+                self.emit(ev.make(st.FOLD_STALLED, fold=a.fold, attempt=a.attempt, step=step, quiet_s=round(quiet, 1)))
+                ray.cancel(ref, force=True)  # a hung step does not answer a polite cancel
+
+    def collect(self, ref):
+        """Handle one ended task: record success, retry what may succeed, or fail the fold."""
+        import ray
+        from ray.exceptions import RayError, RayTaskError, TaskCancelledError
+
+        from scheduler.fold_task import FoldError
+
+        a = self.pending.pop(ref)
+        try:
+            result = ray.get(ref)
+        except (TaskCancelledError, RayError) as e:
+            if a.ended_by_driver == "unplaceable":
+                self._ended(a)
+            elif a.ended_by_driver == "stalled":
+                self._end_attempt(a, a.note, retryable=True)
+            elif isinstance(e, TaskCancelledError):
+                pass  # a stop: the fold reports its own FOLD_STOPPED (it stays active until then)
+            elif isinstance(e, RayTaskError):
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, FoldError):
+                    self._end_attempt(a, cause.reason, cause.retryable)
+                else:
+                    self._end_attempt(a, task_error_reason(e), retryable=True)
+            else:  # the worker process or its node died
+                self._end_attempt(a, "%s (attempt %d)" % (type(e).__name__, a.attempt), retryable=True)
+            return
+        if result["archive"] is not None and not self._install(a, result):
+            return
+        self.drain_all()
+        self.emit(result["finished"])
+        self._ended(a)
+
+    def _install(self, a, result):
+        """Extract a staged fold into the run directory, then delete the host's copy."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from scheduler.fold_task import remove_staged
+
+        where = "%s:%s" % (result["finished"].get("host", "?"), result["staged"])
+        try:
+            collect.unpack(result["archive"], rundir.fold_dir(self.run_dir, a.fold))
+        except (collect.UnsafeArchive, OSError) as e:
+            self.drain_all()
+            self._ended(a)
+            self.emit(ev.make(ev.FOLD_FAILED, fold=a.fold, attempt=a.attempt, reason=(
+                "collecting the finished fold failed (%s); nothing was installed, the fold's copy stays at %s"
+                % (e, where))))
+            return False
+        self.cleanups.append(remove_staged.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node_id=result["node_id"], soft=False)).remote(result["staged"]))
+        return True
+
+    def _end_attempt(self, a, reason, retryable):
+        self.drain_all()
+        self._ended(a)
+        s = self.config.scheduler
+        if self.stopping and retryable:
+            return  # the run is stopping: a resume carries on from the checkpoint
+        if retryable and a.attempt <= s.max_retries:
+            self.emit(ev.make(st.FOLD_RETRYING, fold=a.fold, attempt=a.attempt + 1, reason=reason))
+            self.submit(a.fold, a.attempt + 1)
+            return
+        if retryable:
+            reason += "; no retries left (scheduler.max_retries %d)" % s.max_retries
+        self.emit(ev.make(ev.FOLD_FAILED, fold=a.fold, attempt=a.attempt, reason=reason))
+
+    def _ended(self, a):
+        """The attempt is over: say if the channel lost any of its events on the way."""
+        key = (a.fold, a.attempt)
+        self.active.discard(key)
+        seen = self.seen.get(key, set())
+        missing = max(seen) - len(seen) if seen else 0
+        if missing:
+            self.notice("fold %d try %d: %d progress events were lost with the progress channel (its end and "
+                        "checkpoints are not affected)" % (a.fold, a.attempt, missing))
+
+    def finish_cleanups(self):
+        """Wait briefly for staged copies to be deleted; a host that is gone keeps its copy."""
+        import ray
+
+        if self.cleanups:
+            ready, _ = ray.wait(self.cleanups, num_returns=len(self.cleanups), timeout=10)
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                except Exception:
+                    pass
+
+
+def task_error_reason(error):
+    cause = getattr(error, "cause", None)
+    if cause is not None:
+        return "%s: %s" % (type(cause).__name__, str(cause).strip().splitlines()[-1] if str(cause).strip() else "")
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def finished_folds(run_dir, folds, notice):
+    """Folds whose metrics.json exists: done in an earlier session, never run again. A
+    damaged metrics.json is moved aside (the fold then resumes from its checkpoint and is
+    evaluated again), and `notice` says so."""
+    from lmtcnn.files import read_json
+    from lmtcnn.workdir import metrics_file
+
+    done = {}
+    for fold in folds:
+        path = metrics_file(rundir.fold_dir(run_dir, fold))
+        if not os.path.isfile(path):
+            continue
+        try:
+            done[fold] = read_json(path)
+        except (OSError, ValueError) as e:
+            aside = "%s.damaged-%d" % (path, int(time.time()))
+            os.replace(path, aside)
+            notice("fold %d: %s is damaged (%s); moved to %s, the fold resumes from its last checkpoint"
+                   % (fold, path, e, os.path.basename(aside)))
+    return done
