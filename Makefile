@@ -1,5 +1,6 @@
 # Quick start: `make demo` (five synthetic folds on Ray with the live dashboard) and
-# `make test`. Both create the virtual environment on first use.
+# `make test` (`make test-faults`: the fault matrix). Both create the virtual environment
+# on first use.
 #   PYTHON=...  interpreter for a new environment (default: Python 3.7 when one is
 #               found - the Ascend hosts' TF 1.15 lane - else the newest python3)
 #   VENV=...    environment directory (default .venv)
@@ -15,7 +16,7 @@ PYTHON ?= $(shell for p in python3.7 $$(ls -d $$(pyenv root 2>/dev/null)/version
 	"$$p" -c '$(LANE_OK)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-faults bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "no Python 3.7 or 3.10+ found; run make PYTHON=/path/to/python3.7 ..."; exit 2; }
@@ -29,7 +30,13 @@ demo: $(VENV)/.installed
 	$(PY) -m scheduler run configs/demo.yaml
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not faults" tests
+
+# The fault matrix of docs/RELIABILITY.md (killed workers, hangs, lost nodes, signals, a
+# full disk, ...): real Ray and TensorFlow, several minutes. FAULT_REPORT=file.jsonl
+# records each scenario's figures (bench/fault_matrix.py prints them as a table).
+test-faults: $(VENV)/.installed
+	LMTCNN_FAULT_REPORT=$(FAULT_REPORT) $(PY) -m pytest -q -m faults tests
 
 bench: $(VENV)/.installed
 	$(PY) bench/input_vs_step.py

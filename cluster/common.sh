@@ -14,11 +14,17 @@ parse_dry_run() {
   done
 }
 
-# One /dev/davinciN node per NPU; davinci_manager etc. don't match [0-9]. npu-smi is
-# avoided because it is slow and absent in containers that only get the device nodes.
+# The NPUs this host lets Ray hand out: the entries of ASCEND_RT_VISIBLE_DEVICES when it
+# is set (a fold's device index then picks from that list), else one /dev/davinciN node per
+# NPU (davinci_manager etc. don't match [0-9]). npu-smi is avoided because it is slow and
+# absent in containers that only get the device nodes.
 npu_count() {
   local n="${NPU_COUNT:-}"
-  if [[ -z "$n" ]]; then
+  if [[ -z "$n" && -n "${ASCEND_RT_VISIBLE_DEVICES:-}" ]]; then
+    local visible
+    IFS=, read -r -a visible <<< "${ASCEND_RT_VISIBLE_DEVICES// /}"
+    n=${#visible[@]}
+  elif [[ -z "$n" ]]; then
     local devs=("${NPU_DEVICE_DIR:-/dev}"/davinci[0-9]*)
     n=${#devs[@]}
   fi

@@ -155,10 +155,18 @@ def load_config(path, schema=Config, overrides=(), ignore_keys=()):
             raw = yaml.safe_load(f)
     except FileNotFoundError:
         raise UserError("%s: no such configuration file; pass a YAML file such as configs/cv5.yaml" % path)
+    except IsADirectoryError:
+        raise UserError("%s: a directory, not a configuration file; pass a YAML file such as configs/cv5.yaml" % path)
+    except UnicodeDecodeError:
+        raise UserError("%s: not a UTF-8 text file (binary?); pass a YAML file such as configs/cv5.yaml" % path)
+    except OSError as e:
+        raise UserError("%s: cannot read it (%s)" % (path, e.strerror or e))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = " line %d" % (mark.line + 1) if mark else ""
-        raise UserError("%s:%s: not valid YAML (%s)" % (path, where, getattr(e, "problem", e)))
+        where = ": line %d" % (mark.line + 1) if mark else ""
+        # ReaderError (a control character) has no `problem` and a multi-line text.
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise UserError("%s%s: not valid YAML (%s)" % (path, where, problem))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

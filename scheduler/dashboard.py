@@ -115,6 +115,10 @@ def format_event(event):
             label, 100 * m["age_top1"], 100 * m["age_top2"], 100 * m["gender"], m["count"])
     elif kind == ev.CHECKPOINT_SAVED:
         what = "checkpoint at step %d" % event["step"]
+    elif kind == ev.EVAL_STARTED:
+        what = "evaluating the %s split at step %d" % (event["split"], event["step"])
+    elif kind == st.FOLD_STALLED:
+        what = "stalled at step %s: no report for %.0f s; cancelled" % (event.get("step"), event["quiet_s"])
     elif kind in (ev.FOLD_FAILED, st.FOLD_RETRYING):
         what = "%s: %s" % ("failed" if kind == ev.FOLD_FAILED else "retrying", event["reason"])
     elif kind == ev.FOLD_STOPPED:

@@ -105,7 +105,7 @@ def run(config, console, resume_dir=None, live=False, dry_run=False, force=False
             if not resume_dir:
                 rundir.write_config(run_dir, dump_config(config))
             if note:
-                console.print("%s: %s" % (run_dir, note), highlight=False)
+                console.print("%s: %s" % (run_dir, note), highlight=False, soft_wrap=True)
             return _drive(config, console, run_dir, bool(resume_dir), live, placement, request, where, len(nodes))
         finally:
             runlock.release(run_dir, lock)
@@ -213,9 +213,10 @@ def _drive(config, console, run_dir, resumed, live_mode, placement, request, whe
         written = "could not write the results into %s (%s); `python -m scheduler table %s` prints them again " \
                   "once there is room" % (run_dir, e.strerror, run_dir)
     console.print(to_table(results))
-    console.print(written, highlight=False)
+    console.print(written, highlight=False, soft_wrap=True)
     if outcome == "interrupted":
-        console.print("interrupted; resume with: python -m scheduler run --resume %s" % run_dir, highlight=False)
+        console.print("interrupted; resume with: python -m scheduler run --resume %s" % run_dir, highlight=False,
+                      soft_wrap=True)
         return 130
     return 0 if all(row["state"] == "done" for row in results["folds"]) else 1
 

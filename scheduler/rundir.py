@@ -31,8 +31,7 @@ def new_run_dir(config, force=False):
     path = os.path.abspath(s.run_dir or os.path.join(s.runs_root, "%s-%s" % (config.name,
                                                                             time.strftime("%Y%m%d-%H%M%S"))))
     if os.path.exists(os.path.join(path, EVENTS)):
-        raise UserError("%s: holds an earlier run; continue it with `python -m scheduler run --resume %s` "
-                        "or choose another scheduler.run_dir" % (path, path))
+        _refuse_earlier_run(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
@@ -41,9 +40,19 @@ def new_run_dir(config, force=False):
     record, note = runlock.acquire(path, force)
     if os.path.exists(os.path.join(path, EVENTS)):  # another driver started it just before us
         runlock.release(path, record)
-        raise UserError("%s: holds an earlier run; continue it with `python -m scheduler run --resume %s`"
-                        % (path, path))
+        _refuse_earlier_run(path)
     return path, record, note
+
+
+def _refuse_earlier_run(path):
+    from scheduler import runlock
+
+    holder = runlock.read_holder(path)
+    if holder and runlock.holder_alive(holder) is not False:
+        raise UserError("%s: the %s is running this run (%s); choose another scheduler.run_dir"
+                        % (path, runlock.describe(holder), runlock.LOCK))
+    raise UserError("%s: holds an earlier run; continue it with `python -m scheduler run --resume %s` "
+                    "or choose another scheduler.run_dir" % (path, path))
 
 
 def fold_dir(run_dir, fold):

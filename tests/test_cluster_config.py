@@ -91,7 +91,7 @@ def test_broken_config_is_rejected(breakage, error):
 def run_script(name, *args, **env):
     # Start from a clean slate so the caller's shell can't leak settings into the test.
     full_env = {k: v for k, v in os.environ.items()
-                if k not in ("NPU_COUNT", "NPU_DEVICE_DIR", "RAY_HEAD_ADDRESS", "DRY_RUN")}
+                if k not in ("NPU_COUNT", "NPU_DEVICE_DIR", "RAY_HEAD_ADDRESS", "DRY_RUN", "ASCEND_RT_VISIBLE_DEVICES")}
     full_env.update(env)
     return subprocess.run(["bash", str(CLUSTER / name)] + list(args), env=full_env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -126,6 +126,23 @@ def test_head_counts_davinci_devices(tmp_path):
         (tmp_path / name).touch()
     opts = ray_start_options(run_script("start-head.sh", DRY_RUN="1", NPU_DEVICE_DIR=str(tmp_path)))
     assert json.loads(opts["--resources"]) == {"NPU": 3}
+
+
+def test_visible_devices_limit_the_count(tmp_path):
+    """A host started with ASCEND_RT_VISIBLE_DEVICES offers only those chips: a fold's
+    device index picks from that list, so counting every /dev/davinci node would let a
+    fold index past it."""
+    for k in range(8):
+        (tmp_path / ("davinci%d" % k)).touch()
+    opts = ray_start_options(run_script("start-head.sh", DRY_RUN="1", NPU_DEVICE_DIR=str(tmp_path),
+                                        ASCEND_RT_VISIBLE_DEVICES="4, 5,6"))
+    assert json.loads(opts["--resources"]) == {"NPU": 3}
+    opts = ray_start_options(run_script("start-worker.sh", "--dry-run", "10.0.0.1", NPU_DEVICE_DIR=str(tmp_path),
+                                        ASCEND_RT_VISIBLE_DEVICES="2"))
+    assert json.loads(opts["--resources"]) == {"NPU": 1}
+    opts = ray_start_options(run_script("start-head.sh", DRY_RUN="1", NPU_COUNT="2",
+                                        ASCEND_RT_VISIBLE_DEVICES="4,5,6"))
+    assert json.loads(opts["--resources"]) == {"NPU": 2}  # an explicit count still wins
 
 
 def test_no_npus_omits_resource(tmp_path):

@@ -306,12 +306,15 @@ def test_format_event_gives_one_line_per_event():
              ev.make(st.FOLD_SKIPPED, time=T0, fold=3, metrics=FINISHED_METRICS),
              ev.make(st.NOTICE, time=T0, text="2 nodes: keep the run directory on a shared filesystem"),
              ev.make(st.RUN_INTERRUPTED, time=T0, resume="python -m scheduler run --resume /r"),
-             ev.make(st.RUN_FINISHED, time=T0)]
+             ev.make(st.RUN_FINISHED, time=T0),
+             trainer(ev.EVAL_STARTED, 4, 1, "vm", "NPU1", 300, step=250, split="val"),
+             ev.make(st.FOLD_STALLED, time=T0, fold=4, attempt=1, step=250, quiet_s=912.4)]
     events = script() + extra
-    vocabulary = {getattr(ev, n) for n in ("FOLD_STARTED", "STEP_DONE", "EVAL_DONE", "CHECKPOINT_SAVED",
-                                           "FOLD_STOPPED", "FOLD_FINISHED", "FOLD_FAILED", "MESSAGE")}
-    vocabulary |= {st.RUN_STARTED, st.FOLD_QUEUED, st.FOLD_RETRYING, st.FOLD_SKIPPED, st.RUN_INTERRUPTED,
-                   st.RUN_FINISHED, st.NOTICE}
+    vocabulary = {getattr(ev, n) for n in ("FOLD_STARTED", "STEP_DONE", "EVAL_STARTED", "EVAL_DONE",
+                                           "CHECKPOINT_SAVED", "FOLD_STOPPED", "FOLD_FINISHED", "FOLD_FAILED",
+                                           "MESSAGE")}
+    vocabulary |= {st.RUN_STARTED, st.FOLD_QUEUED, st.FOLD_RETRYING, st.FOLD_STALLED, st.FOLD_SKIPPED,
+                   st.RUN_INTERRUPTED, st.RUN_FINISHED, st.NOTICE}
     assert {e["event"] for e in events} == vocabulary
     firsts = {}
     for event in events:
@@ -328,6 +331,8 @@ def test_format_event_gives_one_line_per_event():
     assert lines[2] == "note: 2 nodes: keep the run directory on a shared filesystem"
     assert lines[3] == "interrupted; resume with: python -m scheduler run --resume /r"
     assert lines[4] == "run finished"
+    assert lines[5] == "fold 4 try 1 vm:NPU1  evaluating the val split at step 250"
+    assert lines[6] == "fold 4 try 1  stalled at step 250: no report for 912 s; cancelled"
 
 
 def test_format_event_does_not_change_the_event():

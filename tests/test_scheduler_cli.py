@@ -141,6 +141,28 @@ def test_a_bad_override_key_is_blamed_on_set_not_the_file(tmp_path):
     assert "scheduler.devise" in line and "--set" in line
 
 
+@pytest.mark.parametrize("content, words", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", ["not a UTF-8 text file"]),
+    ("name: caf\xe9\n".encode("latin-1"), ["not a UTF-8 text file"]),
+    (b"name: x\x00y\n", ["not valid YAML"]),
+    (b"scheduler: {cpus_per_fold: 0}\n", ["scheduler.cpus_per_fold", ">= 1"]),
+    (b"scheduler: {stall_timeout_s: -5}\n", ["scheduler.stall_timeout_s", ">= 0"]),
+    (None, ["a directory, not a configuration file"]),
+])
+def test_unreadable_or_impossible_configuration_exits_2(tmp_path, content, words):
+    path = tmp_path / "cfg.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    result = scheduler("run", str(path), "--dry-run")
+    assert result.returncode == 2, result.stderr
+    line = error_line(result)
+    assert str(path) in line
+    for word in words:
+        assert word in line, line
+
+
 def test_no_configuration_exits_2():
     result = scheduler("run")
     assert result.returncode == 2

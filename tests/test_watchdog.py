@@ -1,0 +1,46 @@
+"""The stall allowance (scheduler.watchdog), on an injected clock: no waiting, no races."""
+
+from lmtcnn import events as ev
+from scheduler.watchdog import AUTO_MARGIN_S, Heartbeat
+
+
+def event(kind, **fields):
+    return dict(fields, event=kind)
+
+
+def test_compile_allowance_until_the_first_step():
+    beat = Heartbeat(startup_timeout_s=1800.0, stall_timeout_s=30.0)
+    assert beat.stalled(10_000.0) is None  # never heard from: queued, not stalled
+    beat.heard(event(ev.MESSAGE), 0.0)
+    beat.heard(event(ev.FOLD_STARTED), 5.0)
+    assert beat.quiet_allowed() == 1800.0
+    assert beat.stalled(1805.0) is None
+    assert beat.stalled(1806.0) == 1801.0
+    beat.heard(event(ev.STEP_DONE, step=100), 1000.0)  # the first step took 995 s: a compile, not a gap
+    assert beat.slowest_gap_s == 0.0 and beat.quiet_allowed() == 30.0
+    assert beat.stalled(1030.0) is None and beat.stalled(1031.0) == 31.0
+
+
+def test_automatic_allowance_follows_the_slowest_gap():
+    beat = Heartbeat(startup_timeout_s=1800.0)
+    beat.heard(event(ev.FOLD_STARTED), 0.0)
+    t = 600.0
+    for gap in (40.0, 90.0, 60.0):
+        t += gap
+        beat.heard(event(ev.STEP_DONE), t)
+    # The first step's 600 s is compile time; the gaps after it are 90 and 60 s.
+    assert beat.slowest_gap_s == 90.0
+    assert beat.quiet_allowed() == 90.0 + AUTO_MARGIN_S
+    beat.slowest_gap_s = 400.0  # a slow CPU fold: twice the gap beats the margin
+    assert beat.quiet_allowed() == 800.0
+
+
+def test_the_first_evaluation_may_compile_later_ones_may_not():
+    beat = Heartbeat(startup_timeout_s=1800.0, stall_timeout_s=20.0)
+    beat.heard(event(ev.STEP_DONE), 0.0)
+    beat.heard(event(ev.EVAL_STARTED, split="val"), 5.0)
+    assert beat.quiet_allowed() == 1800.0 and beat.stalled(1000.0) is None
+    beat.heard(event(ev.EVAL_DONE, split="val"), 900.0)
+    assert beat.slowest_gap_s == 5.0  # the first evaluation's 895 s do not count as a gap
+    beat.heard(event(ev.EVAL_STARTED, split="test"), 910.0)
+    assert beat.quiet_allowed() == 20.0 and beat.stalled(931.0) == 21.0
