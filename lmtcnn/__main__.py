@@ -83,14 +83,27 @@ def run_prepare(args):
 
 
 def format_prepare_summary(manifest, out):
-    lines = ["prepared %d images into %s (split: %s)" % (manifest["images"], out, manifest["split"]["source"])]
+    split = manifest["split"]
+    lines = ["prepared %d images into %s (split: %s)" % (manifest["images"], out, split["source"])]
     dropped = manifest["dropped_rows"]
     lines.append("dropped rows: %d (%s)" % (sum(dropped.values()),
                                             ", ".join("%s %d" % kv for kv in sorted(dropped.items())) or "none"))
+    if split["source"] == "own" and dropped.get("duplicate row"):
+        lines.append("repeated rows: %d dropped, each image is kept once" % dropped["duplicate row"])
     skipped = manifest["skipped_images"]
     lines.append("skipped images: %d (%s)%s" % (sum(skipped.values()),
                                                 ", ".join("%s %d" % kv for kv in sorted(skipped.items())) or "none",
                                                 "; listed in skipped.txt" if skipped else ""))
+    if split["source"] == "lists":
+        lines.append("the lists' repeated lines are kept, one sample each, as the reference trains and scores "
+                     "them; train+val: images listed in both")
+        lines.append("fold  train    val   test   repeated lines (train/val/test)   train+val")
+        for k, roles in sorted(manifest["folds"].items()):
+            r = split["repeated_lines"][k]
+            lines.append("%4s %6d %6d %6d   %31s   %9d" % (
+                k, roles["train"]["count"], roles["val"]["count"], roles["test"]["count"],
+                "%d/%d/%d" % (r["train"], r["val"], r["test"]), split["train_val_images"][k]))
+        return "\n".join(lines)
     lines.append("fold  train    val   test")
     for k, roles in sorted(manifest["folds"].items()):
         lines.append("%4s %6d %6d %6d" % (k, roles["train"]["count"], roles["val"]["count"], roles["test"]["count"]))

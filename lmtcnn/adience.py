@@ -99,7 +99,7 @@ def own_split(faces_by_fold, val_fraction=0.1, seed=0):
     chosen once per raw fold with `seed`, so the same subjects are held out whichever
     fold is tested and no subject is in both training and validation.
 
-    Returns {name: [role for test fold 0..4]}.
+    Returns {name: [[role] for test fold 0..4]} (the shape read_split_lists returns).
     """
     held_out = set()
     for fold, faces in sorted(faces_by_fold.items()):
@@ -116,17 +116,24 @@ def own_split(faces_by_fold, val_fraction=0.1, seed=0):
     for fold, faces in faces_by_fold.items():
         for face in faces:
             other = "val" if (fold, face.user) in held_out else "train"
-            roles[face.name] = ["test" if k == fold else other for k in range(NUM_FOLDS)]
+            roles[face.name] = [["test" if k == fold else other] for k in range(NUM_FOLDS)]
     return roles
 
 
 def read_split_lists(split_dir):
     """The authors' lists: `test_fold_is_<k>/agegender_{train,val,test}.txt`.
 
-    Each line is `<user_id>/landmark_aligned_face.<face_id>.<image> <age> <gender>`.
-    Returns ({name: [role or None per test fold]}, {name: (age, gender)}).
+    Each line is `<user_id>/landmark_aligned_face.<face_id>.<image> <age> <gender>` and is
+    one sample, as the reference trains and scores them: the published lists repeat some
+    lines (the raw fold files hold duplicate rows) and put a few images in both a fold's
+    train and val lists; both are kept and counted. Contradictions are errors: one image
+    with two labels, or an image in a fold's test list and its train or val list.
+
+    Returns ({name: [[role per listed line] for test fold 0..4]}, {name: (age, gender)},
+    stats) with stats = {"repeated_lines": {k: {role: n}}, "train_val_images": {k: n}}.
     """
     roles, labels = {}, {}
+    repeated = {k: collections.Counter() for k in range(NUM_FOLDS)}
     for k in range(NUM_FOLDS):
         for role in ROLES:
             path = os.path.join(split_dir, "test_fold_is_%d" % k, "agegender_%s.txt" % role)
@@ -143,28 +150,42 @@ def read_split_lists(split_dir):
                     name, age, gender = parts[0], int(parts[1]), int(parts[2])
                     if age >= len(AGE_GROUPS) or gender >= len(GENDERS):
                         raise UserError("%s:%d: age must be 0-7 and gender 0-1" % (path, number))
-                    fold_roles = roles.setdefault(name, [None] * NUM_FOLDS)
-                    if fold_roles[k] is not None:
-                        raise UserError("%s:%d: %s is already in test_fold_is_%d's %s list; each image "
-                                        "belongs to one list per fold" % (path, number, name, k, fold_roles[k]))
                     if labels.setdefault(name, (age, gender)) != (age, gender):
                         raise UserError("%s:%d: %s has labels %d %d here but %d %d in another list"
                                         % ((path, number, name, age, gender) + labels[name]))
-                    fold_roles[k] = role
-    return roles, labels
+                    listed = roles.setdefault(name, [[] for _ in range(NUM_FOLDS)])[k]
+                    if role in listed:
+                        repeated[k][role] += 1
+                    elif "test" in listed or (role == "test" and listed):
+                        raise UserError("%s:%d: %s is also in test_fold_is_%d's %s list; an image tested in a "
+                                        "fold must not be trained or validated on in it"
+                                        % (path, number, name, k, "test" if "test" in listed else listed[0]))
+                    listed.append(role)
+    overlap = {k: sum(1 for fold_roles in roles.values() if {"train", "val"} <= set(fold_roles[k]))
+               for k in range(NUM_FOLDS)}
+    stats = {"repeated_lines": {str(k): {r: repeated[k][r] for r in ROLES} for k in range(NUM_FOLDS)},
+             "train_val_images": {str(k): overlap[k] for k in range(NUM_FOLDS)}}
+    return roles, labels, stats
 
 
 def write_split_lists(out_dir, faces, roles):
-    """Write `test_fold_is_<k>/agegender_<role>.txt` in the authors' format."""
+    """Write `test_fold_is_<k>/agegender_<role>.txt` in the authors' format, each image as
+    many times as it is listed in that role (the lists read back give the same counts)."""
     from lmtcnn.files import write_text_atomic
 
     for k in range(NUM_FOLDS):
         for role in ROLES:
-            lines = ["%s %d %d\n" % (f.name, f.age, f.gender) for f in faces if roles[f.name][k] == role]
+            lines = ["%s %d %d\n" % (f.name, f.age, f.gender) * roles[f.name][k].count(role) for f in faces]
             write_text_atomic(os.path.join(out_dir, "test_fold_is_%d" % k, "agegender_%s.txt" % role),
                               "".join(lines))
 
 
+ROLE_LETTERS = (("test", "T"), ("train", "R"), ("val", "V"))
+
+
 def signature(fold_roles):
-    """A short file-name-safe code of an image's role in each test fold, e.g. 'TRVRR'."""
-    return "".join({"train": "R", "val": "V", "test": "T", None: "-"}[r] for r in fold_roles)
+    """A short file-name-safe code of an image's roles in each test fold, e.g. 'T_R_V_R_R'
+    (test in fold 0, train in fold 1, ...); 'RR' is listed twice in train, 'RV' in train
+    and val, '-' in no list of that fold."""
+    return "_".join("".join(letter * listed.count(role) for role, letter in ROLE_LETTERS) or "-"
+                    for listed in fold_roles)

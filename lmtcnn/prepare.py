@@ -1,10 +1,11 @@
 """`python -m lmtcnn prepare`: Adience fold files -> split lists, TFRecords and a manifest.
 
-Each image is decoded and stored once. Images are grouped by their role in each of the
-five test folds (e.g. 'TRVRR': test in fold 0, train in 1, val in 2, ...) and each group
-is one TFRecord file; a split (test fold k, role) reads the groups that hold it. That
-serves both the project's own split (about ten groups) and the authors' lists (whose
-validation sets differ per fold; at most 80 groups) without five copies of the data.
+Each image is decoded and stored once. Images are grouped by their roles in each of the
+five test folds (e.g. 'T_R_V_R_R': test in fold 0, train in 1, val in 2, ...) and each
+group is one TFRecord file; a split (test fold k, role) reads the groups that hold it,
+a group listed twice in that role ('RR', the authors' repeated lines) twice. That serves
+both the project's own split (about ten groups) and the authors' lists (whose validation
+sets differ per fold; a few hundred groups) without five copies of the data.
 """
 
 import collections
@@ -45,10 +46,10 @@ def prepare(adience_dir, out_dir, image_set="aligned", workers=None, split_lists
     if image_set not in adience.IMAGE_SETS:
         raise UserError("--image-set %s: must be one of %s" % (image_set, ", ".join(adience.IMAGE_SETS)))
     dropped = collections.Counter()
+    list_stats = None
     if split_lists:  # the lists hold the labels; the fold files are not needed
-        roles, labels = adience.read_split_lists(split_lists)
-        faces = [adience.Face(name, roles[name].index("test") if "test" in roles[name] else None,
-                              name.split("/")[0], age, gender)
+        roles, labels, list_stats = adience.read_split_lists(split_lists)
+        faces = [adience.Face(name, _test_fold(roles[name]), name.split("/")[0], age, gender)
                  for name, (age, gender) in sorted(labels.items())]
     else:
         faces_by_fold = {}
@@ -68,9 +69,14 @@ def prepare(adience_dir, out_dir, image_set="aligned", workers=None, split_lists
         raise UserError("%s: none of the %d labelled images could be read; see %s"
                         % (adience_dir, len(faces), os.path.join(out_dir, "skipped.txt")))
     adience.write_split_lists(os.path.join(out_dir, "lists"), kept, roles)
-    manifest = _manifest(kept, roles, written, dropped, skipped, image_set, split_lists, seed)
+    manifest = _manifest(kept, roles, written, dropped, skipped, image_set, split_lists, seed, list_stats)
     write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
     return manifest
+
+
+def _test_fold(fold_roles):
+    tested = [k for k, listed in enumerate(fold_roles) if "test" in listed]
+    return tested[0] if tested else None
 
 
 def _unique(faces, dropped, seen):
@@ -144,23 +150,32 @@ def _example(tf, face, jpeg):
     }))
 
 
-def _manifest(faces, roles, written, dropped, skipped, image_set, split_lists, seed):
+def _manifest(faces, roles, written, dropped, skipped, image_set, split_lists, seed, list_stats):
     folds = {}
     for k in range(adience.NUM_FOLDS):
         folds[str(k)] = {}
         for role in adience.ROLES:
-            members = [f for f in faces if roles[f.name][k] == role]
+            times = {f.name: roles[f.name][k].count(role) for f in faces}
+            members = [f for f in faces if times[f.name]]
+            per_file = collections.Counter()
+            for f in members:
+                # A file holds a whole group, so one image's multiplicity is its group's.
+                per_file[written[f.name]] = times[f.name]
             folds[str(k)][role] = {
-                "count": len(members),
-                "files": sorted({written[f.name] for f in members}),
-                "age_counts": [sum(1 for f in members if f.age == a) for a in range(len(adience.AGE_GROUPS))],
+                "count": sum(times.values()),
+                # Listed as often as the split reads it: a group repeated in a list, twice.
+                "files": sorted(path for path, n in per_file.items() for _ in range(n)),
+                "age_counts": [sum(times[f.name] for f in members if f.age == a)
+                               for a in range(len(adience.AGE_GROUPS))],
             }
+    split = {"source": "own", "seed": seed}
+    if split_lists:
+        split = dict(list_stats, source="lists", dir=os.path.abspath(split_lists))
     return {
-        "format": 1,
+        "format": 2,
         "image_size": STORED_SIZE,
         "image_set": image_set,
-        "split": ({"source": "lists", "dir": os.path.abspath(split_lists)} if split_lists
-                  else {"source": "own", "seed": seed}),
+        "split": split,
         "images": len(faces),
         "dropped_rows": dict(dropped),
         "skipped_images": dict(collections.Counter(problem for problem, _ in skipped)),

@@ -49,12 +49,13 @@ def test_own_split_is_subject_exclusive_and_deterministic(raw_adience):
         users = collections.defaultdict(set)
         for fold, faces in by_fold.items():
             for f in faces:
-                users[roles[f.name][k]].add(f.user)
-                assert (roles[f.name][k] == "test") == (fold == k)
+                (role,) = roles[f.name][k]
+                users[role].add(f.user)
+                assert (role == "test") == (fold == k)
         assert not users["train"] & users["val"] and not users["train"] & users["test"]
         val = sum(len(users["val"]) for _ in [0])
         assert val > 0
-        n_val = sum(1 for faces in by_fold.values() for f in faces if roles[f.name][k] == "val")
+        n_val = sum(1 for faces in by_fold.values() for f in faces if roles[f.name][k] == ["val"])
         n_pool = sum(len(faces) for fold, faces in by_fold.items() if fold != k)
         assert 0.08 < n_val / n_pool < 0.2
 
@@ -93,16 +94,31 @@ def write_lists(root, entries):
             (folder / ("agegender_%s.txt" % role)).write_text("".join(entries.get((k, role), [])))
 
 
-def test_split_lists_reject_an_image_listed_twice_or_relabelled(tmp_path):
+def test_split_lists_keep_repeats_and_train_val_overlaps(tmp_path):
     line = "u1/landmark_aligned_face.1.a.jpg 4 1\n"
-    write_lists(tmp_path / "ok", {(0, "test"): [line], (1, "train"): [line]})
-    roles, labels = adience.read_split_lists(str(tmp_path / "ok"))
-    assert roles["u1/landmark_aligned_face.1.a.jpg"] == ["test", "train", None, None, None]
+    other = "u2/landmark_aligned_face.2.b.jpg 0 0\n"
+    write_lists(tmp_path / "ok", {(0, "test"): [line, line], (1, "train"): [line, line, other],
+                                  (1, "val"): [line], (2, "test"): [other]})
+    roles, labels, stats = adience.read_split_lists(str(tmp_path / "ok"))
+    assert roles["u1/landmark_aligned_face.1.a.jpg"] == [["test", "test"], ["train", "train", "val"], [], [], []]
     assert labels["u1/landmark_aligned_face.1.a.jpg"] == (4, 1)
+    assert stats["repeated_lines"]["0"] == {"train": 0, "val": 0, "test": 1}
+    assert stats["repeated_lines"]["1"] == {"train": 1, "val": 0, "test": 0}
+    assert stats["train_val_images"] == {"0": 0, "1": 1, "2": 0, "3": 0, "4": 0}
+    assert adience.signature(roles["u1/landmark_aligned_face.1.a.jpg"]) == "TT_RRV_-_-_-"
 
-    write_lists(tmp_path / "twice", {(0, "test"): [line], (0, "train"): [line]})
-    with pytest.raises(UserError, match="already in test_fold_is_0's train list"):
-        adience.read_split_lists(str(tmp_path / "twice"))
-    write_lists(tmp_path / "relabelled", {(0, "test"): [line], (1, "train"): [line.replace(" 4 1", " 5 1")]})
-    with pytest.raises(UserError, match="has labels 5 1 here but 4 1"):
-        adience.read_split_lists(str(tmp_path / "relabelled"))
+
+@pytest.mark.parametrize("entries, words", [
+    ({(0, "test"): ["{l}"], (0, "train"): ["{l}"]}, ["test_fold_is_0", "also in test_fold_is_0's train list"]),
+    ({(0, "val"): ["{l}"], (0, "test"): ["{l}"]}, ["agegender_test.txt:1", "also in test_fold_is_0's val list"]),
+    ({(0, "test"): ["{l}"], (1, "train"): ["{r}"]}, ["has labels 5 1 here but 4 1"]),
+])
+def test_split_lists_reject_contradictions(tmp_path, entries, words):
+    line = "u1/landmark_aligned_face.1.a.jpg 4 1\n"
+    relabelled = line.replace(" 4 1", " 5 1")
+    write_lists(tmp_path, {key: [v.format(l=line, r=relabelled) for v in lines] for key, lines in entries.items()})
+    with pytest.raises(UserError) as e:
+        adience.read_split_lists(str(tmp_path))
+    for word in words:
+        assert word in str(e.value)
+    assert "\n" not in str(e.value)
