@@ -6,6 +6,7 @@ import os
 import numpy as np
 
 from lmtcnn import workdir as layout
+from lmtcnn.checkpoint_names import restore_network
 from lmtcnn.device import activate_device, resolve_device, session_config
 from lmtcnn.errors import UserError
 from lmtcnn.graph import build_eval_tower
@@ -13,7 +14,8 @@ from lmtcnn.metrics import compute_metrics
 from lmtcnn.prepare import load_manifest, split_files
 from lmtcnn.tfcompat import tf
 
-EvalGraph = collections.namedtuple("EvalGraph", "tf_graph eval_iterator eval_files eval_padding eval_outputs saver")
+EvalGraph = collections.namedtuple("EvalGraph", "tf_graph eval_iterator eval_files eval_padding eval_outputs "
+                                               "model_variables")
 
 
 def evaluate_split(sess, graph, config, fold, role):
@@ -37,16 +39,17 @@ def evaluate_split(sess, graph, config, fold, role):
 
 
 def build_eval_graph(config, stored_size):
-    """An evaluation-only graph (BN moving averages) with a saver for the model weights."""
+    """An evaluation-only graph and the network variables a checkpoint must fill."""
     graph = tf.Graph()
     with graph.as_default():
         iterator, files, padding, outputs = build_eval_tower(config, stored_size)
-        saver = tf.train.Saver([v for v in tf.global_variables() if v.op.name.startswith("lmtcnn/")])
-    return EvalGraph(graph, iterator, files, padding, outputs, saver)
+        variables = [v for v in tf.global_variables() if v.op.name.startswith("lmtcnn/")]
+    return EvalGraph(graph, iterator, files, padding, outputs, variables)
 
 
-def find_checkpoint(path):
-    """A checkpoint prefix from a prefix, a fold work directory or a checkpoints/ folder."""
+def find_checkpoint(path, what="--checkpoint"):
+    """A checkpoint prefix from a prefix, a fold work directory or a checkpoints/ folder
+    (also the reference's run directory, whose `checkpoint` index names checkpoint-<step>)."""
     if os.path.isdir(path):
         if os.path.exists(layout.final_weights(path) + ".index"):
             return layout.final_weights(path)
@@ -56,8 +59,8 @@ def find_checkpoint(path):
                 return latest
     elif os.path.exists(path + ".index"):
         return path
-    raise UserError("%s: no checkpoint here; pass a checkpoint prefix (model.ckpt-1000) or a fold "
-                    "directory holding final/ or checkpoints/" % path)
+    raise UserError("%s %s: no checkpoint here; pass a checkpoint prefix (model.ckpt-1000) or a fold "
+                    "directory holding final/ or checkpoints/" % (what, path))
 
 
 def evaluate_checkpoint(config, fold, checkpoint, role="test"):
@@ -68,7 +71,8 @@ def evaluate_checkpoint(config, fold, checkpoint, role="test"):
     graph = build_eval_graph(config, load_manifest(config.data.data_dir)["image_size"])
     with graph.tf_graph.as_default(), tf.Session(config=session_config(
             device, config.train.cpu_threads, config.train.npu_precision_mode)) as sess:
-        graph.saver.restore(sess, prefix)
+        mapping = restore_network(sess, graph.model_variables, prefix)
         metrics = evaluate_split(sess, graph, config, fold, role)
-    metrics.update(checkpoint=prefix, split=role, fold=fold, device=device, batch_norm="moving averages")
+    metrics.update(checkpoint=prefix, checkpoint_naming=mapping.naming, split=role, fold=fold, device=device,
+                   batch_norm="moving averages")
     return metrics

@@ -14,7 +14,8 @@ import numpy as np
 from lmtcnn import events, workdir as layout
 from lmtcnn.device import activate_device, resolve_device, session_config
 from lmtcnn.errors import TrainingDiverged, UserError
-from lmtcnn.evaluate import evaluate_split
+from lmtcnn.checkpoint_names import map_variables, read_shapes
+from lmtcnn.evaluate import evaluate_split, find_checkpoint
 from lmtcnn.files import write_json_atomic
 from lmtcnn.graph import build_training_graph
 from lmtcnn.input_pipeline import find_corrupt_record
@@ -230,26 +231,19 @@ def _move_aside(prefix):
 
 
 def _warm_start(sess, graph, pretrained, report):
-    """Restore the variables `pretrained` has with matching shapes; report the others."""
-    source = tf.train.latest_checkpoint(pretrained) if os.path.isdir(pretrained) else pretrained
-    try:
-        reader = tf.train.NewCheckpointReader(source or pretrained)
-    except Exception:
-        raise UserError("train.pretrained_checkpoint %s: not a readable TensorFlow checkpoint" % pretrained)
-    shapes = reader.get_variable_to_shape_map()
-    matched, missing, mismatched = {}, [], []
-    for var in graph.model_variables:
-        name = var.op.name
-        if name not in shapes:
-            missing.append(name)
-        elif list(shapes[name]) != var.shape.as_list():
-            mismatched.append("%s %s!=%s" % (name, shapes[name], var.shape.as_list()))
-        else:
-            matched[name] = var
-    if not matched:
+    """Restore the network variables `pretrained` holds with matching shapes, in our naming
+    or the reference's (lmtcnn.checkpoint_names); report the others by name."""
+    source = find_checkpoint(pretrained, what="train.pretrained_checkpoint")
+    mapping = map_variables(graph.model_variables, read_shapes(source, "train.pretrained_checkpoint"))
+    if not mapping.matched:
         raise UserError("train.pretrained_checkpoint %s: no variable matches this model" % pretrained)
-    tf.train.Saver(matched).restore(sess, source or pretrained)
-    report(events.make(events.MESSAGE, text="warm start from %s: restored %d variables; not in checkpoint: %s; "
-                       "shape differs: %s" % (pretrained, len(matched), ", ".join(missing) or "none",
-                                              ", ".join(mismatched) or "none"),
-                       restored=sorted(matched), missing=missing, mismatched=mismatched))
+    tf.train.Saver(mapping.matched).restore(sess, source)
+    restored = sorted(v.op.name for v in mapping.matched.values())
+    parameters = sum(int(v.shape.num_elements()) for v in mapping.matched.values() if v.trainable)
+    report(events.make(events.MESSAGE, text=(
+        "warm start from %s (%s names): restored %d variables (%d trainable parameters); not in checkpoint: %s; "
+        "shape differs: %s; in the checkpoint, not used: %s" % (
+            source, mapping.naming, len(restored), parameters, ", ".join(mapping.missing) or "none",
+            ", ".join(mapping.mismatched) or "none", ", ".join(mapping.unused) or "none")),
+        restored=restored, missing=mapping.missing, mismatched=mapping.mismatched, unused=mapping.unused,
+        naming=mapping.naming, parameters=parameters))
