@@ -22,6 +22,8 @@ NPU_PRECISION_MODES = ("", "allow_fp32_to_fp16", "force_fp16", "force_fp32", "mu
                        "allow_mix_precision", "allow_mix_precision_fp16", "allow_mix_precision_bf16",
                        "allow_fp32_to_bf16", "cube_fp16in_fp32out")
 DEVICES = ("auto", "cpu", "gpu", "npu")
+AUGMENTATIONS = ("authors", "none")
+BATCH_NORM_AT_TEST = ("moving", "batch")
 
 
 @dataclass
@@ -92,8 +94,13 @@ class TrainConfig:
     eval_every_steps: int = 5000
     seed: int = 0
     shuffle_buffer: int = 2000
-    # Parallel image decoding/augmentation calls (the seed's num_preprocess_threads).
-    preprocess_threads: int = 4
+    # Training view of an image: "authors" = their random crop 227 of 256, flip,
+    # brightness and contrast, standardise; "none" = the test view (resize to the input
+    # size, standardise), as the Ascend port trains (its distortions are commented out).
+    augment: str = "authors"
+    # Parallel image decoding/augmentation calls (the seed's num_preprocess_threads);
+    # 0: the fold's CPUs (scheduler.cpus_per_fold), or this host's cores standalone.
+    preprocess_threads: int = 0
     # TensorFlow intra/inter-op threads on CPU; 0 lets TensorFlow choose.
     cpu_threads: int = 0
     # Ascend `precision_mode`; empty keeps the chip's default
@@ -104,10 +111,13 @@ class TrainConfig:
         if self.device not in DEVICES:
             yield "device", "must be one of %s" % ", ".join(DEVICES)
         for key in ("batch_size", "steps_per_decay", "max_steps", "checkpoint_every_steps",
-                    "summary_every_steps", "log_every_steps", "keep_checkpoints",
-                    "shuffle_buffer", "preprocess_threads"):
+                    "summary_every_steps", "log_every_steps", "keep_checkpoints", "shuffle_buffer"):
             if getattr(self, key) <= 0:
                 yield key, "must be > 0"
+        if self.preprocess_threads < 0:
+            yield "preprocess_threads", "must be >= 0 (0: one per CPU of the fold)"
+        if self.augment not in AUGMENTATIONS:
+            yield "augment", "must be one of %s" % ", ".join(AUGMENTATIONS)
         if self.learning_rate <= 0:
             yield "learning_rate", "must be > 0"
         if not 0 < self.decay_rate <= 1:
@@ -126,6 +136,23 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Test-time batch norm: "moving" uses the moving averages learnt in training (correct);
+    # "batch" normalises each test batch with its own statistics, as the reference's
+    # evaluation does (it never passes is_training), to reproduce its published numbers.
+    batch_norm: str = "moving"
+    # Images per evaluation batch; the reference's 128. With batch_norm "batch" it sets
+    # which images share statistics; either way every image counts exactly once.
+    batch_size: int = 128
+
+    def validate(self):
+        if self.batch_norm not in BATCH_NORM_AT_TEST:
+            yield "batch_norm", "must be one of %s" % ", ".join(BATCH_NORM_AT_TEST)
+        if self.batch_size <= 0:
+            yield "batch_size", "must be > 0"
+
+
+@dataclass
 class Config:
     """Everything one fold's training needs."""
 
@@ -133,6 +160,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self):
         if not self.name or "/" in self.name:

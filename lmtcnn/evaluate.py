@@ -23,7 +23,7 @@ def evaluate_split(sess, graph, config, fold, role):
     files, count = split_files(config.data.data_dir, fold, role)
     if count == 0:
         raise UserError("%s: fold %d has no %s images" % (config.data.data_dir, fold, role))
-    padding = (-count) % config.train.batch_size
+    padding = (-count) % config.eval.batch_size
     sess.run(graph.eval_iterator.initializer, {graph.eval_files: files, graph.eval_padding: padding})
     outputs = []
     while True:
@@ -36,6 +36,13 @@ def evaluate_split(sess, graph, config, fold, role):
     if keep.sum() != count:
         raise RuntimeError("evaluation read %d images of %s, the manifest lists %d" % (keep.sum(), role, count))
     return compute_metrics(age_logits[keep], gender_logits[keep], ages[keep], genders[keep])
+
+
+def batch_norm_label(eval_config):
+    """How test-time batch norm normalised, in the words metrics.json and the tables use."""
+    if eval_config.batch_norm == "batch":
+        return "test-batch statistics (batches of %d, as the reference)" % eval_config.batch_size
+    return "moving averages"
 
 
 def build_eval_graph(config, stored_size):
@@ -74,5 +81,5 @@ def evaluate_checkpoint(config, fold, checkpoint, role="test"):
         mapping = restore_network(sess, graph.model_variables, prefix)
         metrics = evaluate_split(sess, graph, config, fold, role)
     metrics.update(checkpoint=prefix, checkpoint_naming=mapping.naming, split=role, fold=fold, device=device,
-                   batch_norm="moving averages")
+                   batch_norm=batch_norm_label(config.eval))
     return metrics

@@ -30,7 +30,8 @@ def build_training_graph(config, train_files, stored_size, seed=0):
         tf.set_random_seed(seed)
         global_step = tf.train.get_or_create_global_step()
         images, ages, genders = input_pipeline.train_batches(
-            train_files, tc.batch_size, mc.image_size, stored_size, tc.shuffle_buffer, tc.preprocess_threads, seed)
+            train_files, tc.batch_size, mc.image_size, stored_size, tc.shuffle_buffer, tc.preprocess_threads, seed,
+            augment=tc.augment == "authors")
         age_logits, gender_logits, _ = build_lmtcnn(images, mc.type, is_training=True,
                                                     dropout_prob=mc.dropout_prob, bn_decay=mc.batch_norm_decay)
         # The network's variables (weights, BN statistics), taken before the optimizer adds
@@ -63,13 +64,15 @@ def build_training_graph(config, train_files, stored_size, seed=0):
 
 
 def build_eval_tower(config, stored_size):
-    """The network on a fed split, with BN moving averages, in the current graph.
+    """The network on a fed split, in the current graph: BN with its moving averages, or
+    with each test batch's own statistics (eval.batch_norm: batch, the reference's way).
 
     Returns (iterator, files placeholder, padding placeholder,
     (age_logits, gender_logits, ages, genders, valid)); see input_pipeline.eval_batches.
     """
-    tc, mc = config.train, config.model
+    ec, mc = config.eval, config.model
     iterator, files, padding, (images, ages, genders, valid) = input_pipeline.eval_batches(
-        tc.batch_size, mc.image_size, stored_size, tc.preprocess_threads)
-    age_logits, gender_logits, _ = build_lmtcnn(images, mc.type, is_training=False)
+        ec.batch_size, mc.image_size, stored_size, config.train.preprocess_threads)
+    age_logits, gender_logits, _ = build_lmtcnn(images, mc.type, is_training=False, test_batch_weights=(
+        valid if ec.batch_norm == "batch" else None))
     return iterator, files, padding, (age_logits, gender_logits, ages, genders, valid)

@@ -22,7 +22,7 @@ import tempfile
 import cv2
 import numpy as np
 
-SOI = b"\xff\xd8"
+SOI, EOI = b"\xff\xd8", b"\xff\xd9"
 
 
 def encode_face(task):
@@ -42,7 +42,7 @@ def encode_face(task):
     except OSError:  # a directory, no permission: there, but not an image we can read
         return path, None, "undecodable"
     jpeg = data.startswith(SOI)
-    if not data or (jpeg and not _reaches_eoi(data)):
+    if not data or (jpeg and not _complete(data)):
         return path, None, "truncated"
     image, complaint = _decode(data)
     if image is None or (jpeg and complaint):
@@ -54,6 +54,13 @@ def encode_face(task):
     if not ok:
         return path, None, "undecodable"
     return path, encoded.tobytes(), None
+
+
+def _complete(data):
+    """Whether a JPEG's bytes run to its end: the marker walk reaches EOI, or the file
+    ends with EOI (zero padding aside), as it still does when a damaged scan byte
+    posed as a marker and misled the walk; the decoder's complaint catches those."""
+    return _reaches_eoi(data) or data.rstrip(b"\0").endswith(EOI)
 
 
 def _reaches_eoi(data):

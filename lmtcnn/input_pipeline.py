@@ -41,15 +41,22 @@ def _whole(image, image_size, stored_size):
     return tf.image.per_image_standardization(image)
 
 
-def train_batches(files, batch_size, image_size, stored_size=256, shuffle_buffer=2000, threads=4, seed=0):
-    """Endless (images [b,s,s,3], ages [b], genders [b]) batches from `files`."""
+def train_batches(files, batch_size, image_size, stored_size=256, shuffle_buffer=2000, threads=4, seed=0,
+                  augment=True):
+    """Endless (images [b,s,s,3], ages [b], genders [b]) batches from `files`.
+
+    augment: the authors' distortions; False trains on the test view, as the Ascend port
+    does (its distortions are commented out).
+    """
     ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=len(files), block_length=1)
     ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
 
+    view = _augment if augment else _whole
+
     def prepare(serialized):
         image, age, gender = _parse(serialized)
-        return _augment(image, image_size, stored_size), age, gender
+        return view(image, image_size, stored_size), age, gender
 
     ds = ds.map(prepare, num_parallel_calls=threads)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)

@@ -1,4 +1,4 @@
-"""LMTCNN-1-1 and LMTCNN-2-1 from `tf.nn` ops (see REFERENCE.md for the table).
+"""LMTCNN-1-1 and LMTCNN-2-1 from `tf.nn` ops (the table: docs/REFERENCE.md).
 
 "-a-b" are the width multipliers of the two depthwise-separable blocks (256*a, 384*b).
 `build_lmtcnn` returns the age and gender logits and records every layer's output shape
@@ -37,7 +37,7 @@ class _Recorder:
         return tensor
 
 
-def build_lmtcnn(images, model_type, is_training, dropout_prob=0.0, bn_decay=BN_DECAY):
+def build_lmtcnn(images, model_type, is_training, dropout_prob=0.0, bn_decay=BN_DECAY, test_batch_weights=None):
     """The network on a batch of standardised NHWC float images.
 
     Args:
@@ -47,6 +47,10 @@ def build_lmtcnn(images, model_type, is_training, dropout_prob=0.0, bn_decay=BN_
         the moving averages (False: what evaluation must use).
       dropout_prob: probability of dropping an FC activation while training.
       bn_decay: moving-average decay of the BN statistics.
+      test_batch_weights: with is_training False, float [batch]: normalise with the
+        statistics of this batch instead of the moving averages, counting each image by
+        its weight (0 for padding). The reference evaluates this way (it never passes
+        is_training); kept to reproduce its published numbers.
     Returns: (age_logits [batch, 8], gender_logits [batch, 2], layers: list of Layer).
     """
     width1, width2 = WIDTHS[model_type]
@@ -56,8 +60,9 @@ def build_lmtcnn(images, model_type, is_training, dropout_prob=0.0, bn_decay=BN_
         x = rec.add("pool1", tf.nn.max_pool(x, [1, 3, 3, 1], [1, 2, 2, 1], "VALID"))
         x = rec.add("norm1", tf.nn.local_response_normalization(x, depth_radius=5, bias=1.0,
                                                                 alpha=1e-4, beta=0.75))
-        x = rec.add("separable1", _separable(x, "separable1", width1, 1, is_training, bn_decay))
-        x = rec.add("separable2", _separable(x, "separable2", width2, 2, is_training, bn_decay))
+        bn = (is_training, bn_decay, test_batch_weights)
+        x = rec.add("separable1", _separable(x, "separable1", width1, 1, bn))
+        x = rec.add("separable2", _separable(x, "separable2", width2, 2, bn))
         x = rec.add("pool2", tf.nn.max_pool(x, [1, 3, 3, 1], [1, 2, 2, 1], "VALID"))
         flat = int(x.shape[1]) * int(x.shape[2]) * int(x.shape[3])
         x = rec.add("flatten", tf.reshape(x, [-1, flat]))
@@ -77,7 +82,7 @@ def _conv(x, name, size, filters, stride, padding):
         return tf.nn.relu(tf.nn.conv2d(x, kernel, [1, stride, stride, 1], padding) + bias)
 
 
-def _separable(x, name, filters, stride, is_training, bn_decay):
+def _separable(x, name, filters, stride, bn):
     """Depthwise 3x3 (+bias, ReLU) -> BN -> pointwise 1x1 (+bias, ReLU) -> BN."""
     channels = int(x.shape[-1])
     with tf.variable_scope(name):
@@ -86,16 +91,16 @@ def _separable(x, name, filters, stride, is_training, bn_decay):
             bias = tf.get_variable("biases", [channels], initializer=tf.zeros_initializer())
             _decay(kernel)
             x = tf.nn.relu(tf.nn.depthwise_conv2d(x, kernel, [1, stride, stride, 1], "SAME") + bias)
-            x = _batch_norm(x, is_training, bn_decay)
+            x = _batch_norm(x, *bn)
         with tf.variable_scope("pointwise"):
             kernel = tf.get_variable("weights", [1, 1, channels, filters], initializer=tf.glorot_uniform_initializer())
             bias = tf.get_variable("biases", [filters], initializer=tf.zeros_initializer())
             _decay(kernel)
             x = tf.nn.relu(tf.nn.conv2d(x, kernel, [1, 1, 1, 1], "VALID") + bias)
-            return _batch_norm(x, is_training, bn_decay)
+            return _batch_norm(x, *bn)
 
 
-def _batch_norm(x, is_training, decay):
+def _batch_norm(x, is_training, decay, test_batch_weights=None):
     """BN with centre (beta) and no scale, as the reference; moving averages in UPDATE_OPS."""
     channels = int(x.shape[-1])
     with tf.variable_scope("bn"):
@@ -110,6 +115,9 @@ def _batch_norm(x, is_training, decay):
                                  tf.assign(moving_mean, decay * moving_mean + (1 - decay) * mean))
             tf.add_to_collection(tf.GraphKeys.UPDATE_OPS,
                                  tf.assign(moving_var, decay * moving_var + (1 - decay) * var))
+        elif test_batch_weights is not None:
+            weights = tf.reshape(test_batch_weights, [-1, 1, 1, 1])
+            mean, var = tf.nn.weighted_moments(x, [0, 1, 2], weights)
         else:
             mean, var = moving_mean, moving_var
         return tf.nn.batch_normalization(x, mean, var, beta, None, BN_EPSILON)

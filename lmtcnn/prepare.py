@@ -18,6 +18,7 @@ import time
 from lmtcnn import adience
 from lmtcnn.errors import UserError
 from lmtcnn.files import read_json, write_json_atomic, write_text_atomic
+from lmtcnn.synth import MARKER
 
 MANIFEST = "manifest.json"
 STORED_SIZE = 256  # pixels; the authors' records hold 256x256 JPEGs at quality 100
@@ -70,6 +71,7 @@ def prepare(adience_dir, out_dir, image_set="aligned", workers=None, split_lists
                         % (adience_dir, len(faces), os.path.join(out_dir, "skipped.txt")))
     adience.write_split_lists(os.path.join(out_dir, "lists"), kept, roles)
     manifest = _manifest(kept, roles, written, dropped, skipped, image_set, split_lists, seed, list_stats)
+    manifest["synthetic"] = os.path.isfile(os.path.join(adience_dir, MARKER))
     write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
     return manifest
 

@@ -18,6 +18,9 @@ from lmtcnn.adience import AGE_GROUPS, FOLD_HEADER, GENDERS, IMAGE_SETS, NUM_FOL
 from lmtcnn.files import write_text_atomic
 
 RAW_SIZE = 128  # pixels; `prepare` resizes to 256 as it does for the real 816x816 faces
+# Written beside the fold files: `prepare` records the data as synthetic, and results on it
+# are never laid beside the published Adience numbers.
+MARKER = "SYNTHETIC.txt"
 MESSY_AGES = ("None", "35", "(38, 42)", "(8, 23)", "(25, 23)")
 MESSY_GENDERS = ("u", "")
 TINTS = (np.array([1.0, 0.55, 0.35]), np.array([0.35, 0.55, 1.0]))  # BGR: m bluish, f reddish
@@ -84,4 +87,6 @@ def synthesize(out_dir, per_fold=200, seed=0, messy_fraction=0.05):
                 made += 1
         write_text_atomic(os.path.join(out_dir, "fold_%d_data.txt" % fold), "\n".join(rows) + "\n")
         total += made
+    write_text_atomic(os.path.join(out_dir, MARKER), "Synthetic faces from `python -m lmtcnn synth` (seed %d), not "
+                                                    "Adience: stripes encode the age group, tint the gender.\n" % seed)
     return {"images": total, "messy_rows": messy}

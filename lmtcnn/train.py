@@ -15,7 +15,7 @@ from lmtcnn import events, workdir as layout
 from lmtcnn.device import activate_device, resolve_device, session_config
 from lmtcnn.errors import TrainingDiverged, UserError
 from lmtcnn.checkpoint_names import map_variables, read_shapes
-from lmtcnn.evaluate import evaluate_split, find_checkpoint
+from lmtcnn.evaluate import batch_norm_label, evaluate_split, find_checkpoint
 from lmtcnn.files import write_json_atomic
 from lmtcnn.graph import build_training_graph
 from lmtcnn.input_pipeline import find_corrupt_record
@@ -56,6 +56,8 @@ def train(config, fold, workdir, report=events.log_report, stop_requested=None):
 
 
 def _train(config, fold, workdir, report, stop_requested, started):
+    if not config.train.preprocess_threads:  # 0: one decoding call per core of this host
+        config.train.preprocess_threads = os.cpu_count() or 1
     device = resolve_device(config.train.device)
     activate_device(device)
     manifest = load_manifest(config.data.data_dir)
@@ -95,7 +97,8 @@ def _train(config, fold, workdir, report, stop_requested, started):
         finally:
             writer.close()
     metrics.update(step=int(step), wall_s=round(time.time() - started, 1), device=device,
-                   batch_norm="moving averages", model_type=config.model.type)
+                   batch_norm=batch_norm_label(config.eval), augment=config.train.augment,
+                   model_type=config.model.type)
     write_json_atomic(layout.metrics_file(workdir), metrics)
     report(events.make(events.FOLD_FINISHED, step=int(step), metrics=metrics, wall_s=metrics["wall_s"]))
     return metrics

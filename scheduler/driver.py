@@ -163,7 +163,7 @@ def _drive(config, console, run_dir, resumed, live_mode, placement, request, whe
     folds = config.scheduler.folds
     session.emit(ev.make(st.RUN_STARTED, name=config.name, run_dir=run_dir, folds=folds,
                          placement="%s %s" % (placement, pl.format_request(request)), where=where,
-                         resumed=resumed))
+                         resumed=resumed, data=describe_data(config)))
     if node_count > 1:
         session.notice("%d nodes: keep the run directory on a filesystem every host mounts at the same path, or "
                        "checkpoints die with their host" % node_count)
@@ -219,6 +219,15 @@ def _drive(config, console, run_dir, resumed, live_mode, placement, request, whe
                       soft_wrap=True)
         return 130
     return 0 if all(row["state"] == "done" for row in results["folds"]) else 1
+
+
+def describe_data(config):
+    """What the folds train on, for the results: real Adience or synthetic faces."""
+    from lmtcnn.prepare import load_manifest
+
+    manifest = load_manifest(config.data.data_dir)
+    return {"dir": config.data.data_dir, "split": manifest["split"]["source"],
+            "synthetic": bool(manifest.get("synthetic") or config.data.synthetic_per_fold)}
 
 
 def _watch(session, live, stop):

@@ -1,7 +1,9 @@
 """The run's result table: one row per fold, mean and spread, and the published rows.
 
 Written as results.json, results.csv and results.md, and printed with rich. A fold that
-did not finish shows its state (failed, stopped, ...), never a number.
+did not finish shows its state (failed, stopped, ...), never a number. The published
+Adience results (docs/REFERENCE.md) stand beside a run on real data only, with how
+each side was scored (test-time batch norm, training augmentation).
 """
 
 import csv
@@ -14,7 +16,9 @@ from lmtcnn.files import write_json_atomic, write_text_atomic
 
 METRIC_COLUMNS = (("age_top1", "age top-1"), ("age_top2", "age top-2"), ("age_one_off", "age 1-off"),
                   ("gender", "gender"))
-# Published per-fold results, % (age top-1, age top-2, gender); REFERENCE.md.
+REFERENCE_DOC = "docs/REFERENCE.md"
+# Published per-fold results, % (age top-1, age top-2, gender); sources and how each was
+# scored: docs/REFERENCE.md.
 REFERENCE_ROWS = (
     ("Ascend port, GPU", [(49.06, 73.42, 83.63), (37.08, 60.61, 80.89), (44.81, 70.06, 79.34),
                           (40.73, 65.35, 80.74), (38.92, 64.18, 77.60)], (42.12, 66.72, 80.44)),
@@ -48,9 +52,36 @@ def build_results(view):
             mean = sum(values) / len(values)
             std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
             summary[key] = {"mean": round(mean, 2), "std": round(std, 2)}
+    finished = [view.folds[k].metrics for k in sorted(view.folds) if view.folds[k].state == "done"]
+    synthetic = bool(view.data.get("synthetic"))
     return {"name": view.name, "run_dir": view.run_dir, "folds": rows, "finished_folds": len(done),
-            "summary": summary, "batch_norm_at_test": "moving averages",
-            "reference": [{"source": s, "folds": f, "mean": m} for s, f, m in REFERENCE_ROWS]}
+            "summary": summary, "data": view.data,
+            # How the finished folds were trained and scored (older folds did not record it).
+            "batch_norm_at_test": _recipe(finished, "batch_norm", "moving averages"),
+            "augment": _recipe(finished, "augment", "authors"),
+            "reference": [] if synthetic else [{"source": s, "folds": f, "mean": m} for s, f, m in REFERENCE_ROWS]}
+
+
+def _recipe(metrics, key, before_recorded):
+    values = sorted({m.get(key, before_recorded) for m in metrics})
+    return " and ".join(values) if values else ""
+
+
+def recipe_line(results):
+    """One sentence on how this run trained and scored, for the tables."""
+    parts = []
+    if results.get("augment"):
+        parts.append("training augmentation: %s" % results["augment"])
+    if results.get("batch_norm_at_test"):
+        parts.append("test-time batch norm: %s" % results["batch_norm_at_test"])
+    return "; ".join(parts)
+
+
+def reference_note(results):
+    if results["reference"]:
+        return ("Published results (age top-1 / age top-2 / gender, %%; sources and how each was scored: %s)"
+                % REFERENCE_DOC)
+    return "Synthetic data, not Adience: the published results (%s) are not comparable and not shown." % REFERENCE_DOC
 
 
 def write_results(run_dir, results):
@@ -85,14 +116,14 @@ def to_markdown(results):
         lines.append("| %d | %s |" % (row["fold"], " | ".join(_cells(row))))
     for cells in _summary_cells(results):
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Test-time batch norm: %s. Finished folds: %d of %d. Mean and sample std over finished folds."
-              % (results["batch_norm_at_test"], results["finished_folds"], len(results["folds"])), "",
-              "Published results (%, REFERENCE.md):", "",
-              "| source | " + " | ".join("fold %d" % k for k in range(5)) + " | mean |", "|---" * 7 + "|"]
-    for ref in results["reference"]:
-        folds = ["%.2f/%.2f/%.2f" % tuple(f) for f in ref["folds"]] if ref["folds"] else [""] * 5
-        lines.append("| %s | %s | %.2f/%.2f/%.2f |" % (ref["source"], " | ".join(folds), *ref["mean"]))
-    lines.append("\n(age top-1 / age top-2 / gender)")
+    lines += ["", "Finished folds: %d of %d. Mean and sample std over finished folds. %s."
+              % (results["finished_folds"], len(results["folds"]), recipe_line(results).capitalize() or "-"),
+              "", reference_note(results) + ":" if results["reference"] else reference_note(results)]
+    if results["reference"]:
+        lines += ["", "| source | " + " | ".join("fold %d" % k for k in range(5)) + " | mean |", "|---" * 7 + "|"]
+        for ref in results["reference"]:
+            folds = ["%.2f/%.2f/%.2f" % tuple(f) for f in ref["folds"]] if ref["folds"] else [""] * 5
+            lines.append("| %s | %s | %.2f/%.2f/%.2f |" % (ref["source"], " | ".join(folds), *ref["mean"]))
     return "\n".join(lines) + "\n"
 
 
@@ -114,8 +145,10 @@ def _triple(row):
 
 
 def to_table(results):
-    """Rich tables: one row per fold, mean and std; then the published means beside them."""
+    """Rich tables: one row per fold, mean and std; then, on real data, the published
+    results fold by fold beside them."""
     from rich.console import Group
+    from rich.text import Text
 
     table = Table(title="%s: accuracy per test fold (%%)" % results["name"], title_justify="left")
     for i, name in enumerate(HEADER):
@@ -126,9 +159,11 @@ def to_table(results):
     table.add_section()
     table.add_row(*mean, style="bold")
     table.add_row(*std)
+    if not results["reference"]:
+        return Group(table, Text(recipe_line(results)), Text(reference_note(results)))
     # Fold by fold beside the published runs: age top-1 / age top-2 / gender, %.
-    published = Table(title="beside the published results (age top-1/top-2/gender %, REFERENCE.md)",
-                      title_justify="left")
+    published = Table(title="beside the published results (age top-1/top-2/gender %%, %s)" % REFERENCE_DOC,
+                      title_justify="left", caption=recipe_line(results) + " (this run)", caption_justify="left")
     sources = [("this run", None)] + [(source, folds) for source, folds, _ in REFERENCE_ROWS]
     published.add_column("fold", no_wrap=True)
     for source, _ in sources:

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 from lmtcnn import events as ev
 
 # Events the driver itself adds to the trainer's vocabulary.
-RUN_STARTED = "run_started"          # run_dir, folds, placement, shared_note
+RUN_STARTED = "run_started"          # run_dir, folds, placement, where, resumed, data
 FOLD_QUEUED = "fold_queued"          # fold, attempt
 FOLD_RETRYING = "fold_retrying"      # fold, attempt (the next one), reason
 FOLD_STALLED = "fold_stalled"        # fold, attempt, step, quiet_s (cancelled; a retry or failure follows)
@@ -49,6 +49,7 @@ class RunView:
     run_dir: str = ""
     started_at: Optional[float] = None
     ended: str = ""  # "", "finished", "interrupted"
+    data: dict = field(default_factory=dict)  # dir, synthetic, split: what the folds train on
     folds: Dict[int, FoldView] = field(default_factory=dict)
     notices: List[str] = field(default_factory=list)
 
@@ -59,6 +60,7 @@ def apply(view, event):
     if kind == RUN_STARTED:
         view.name, view.run_dir = event.get("name", view.name), event.get("run_dir", view.run_dir)
         view.started_at = event["time"]  # elapsed counts this session, not downtime between
+        view.data = event.get("data", view.data)
         view.ended = ""
         for k in event["folds"]:
             fold = view.folds.setdefault(k, FoldView(k))

@@ -41,7 +41,8 @@ def tiny_config(data_dir, **train):
                     cpu_threads=1)
     settings.update(train)
     return build_config({"name": "tiny", "data": {"data_dir": data_dir},
-                         "model": {"image_size": 64, "batch_norm_decay": 0.9}, "train": settings}, Config)
+                         "model": {"image_size": 64, "batch_norm_decay": 0.9}, "train": settings,
+                         "eval": {"batch_size": 16}}, Config)
 
 
 def run_config(data_dir, run_dir, folds, **sections):
@@ -56,7 +57,7 @@ def run_config(data_dir, run_dir, folds, **sections):
     scheduler.update(sections.get("scheduler", {}))
     return build_config({"name": "t", "data": {"data_dir": data_dir},
                          "model": {"image_size": 64, "batch_norm_decay": 0.9},
-                         "train": train, "scheduler": scheduler}, RunConfig)
+                         "train": train, "eval": {"batch_size": 16}, "scheduler": scheduler}, RunConfig)
 
 
 def quiet_console():

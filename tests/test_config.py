@@ -25,9 +25,42 @@ def test_empty_file_gives_the_seed_recipe(tmp_path):
 
 def test_cv5_holds_the_seed_defaults():
     config = load_config(os.path.join(ROOT, "configs", "cv5.yaml"), ignore_keys=("scheduler",))
+    # The seed's defaults, except what its Ascend port ran differently: no augmentation.
     assert config.train == Config().train.__class__(**{**Config().train.__dict__, "device": config.train.device,
-                                                       "model_dir": config.train.model_dir})
+                                                       "model_dir": config.train.model_dir, "augment": "none"})
     assert config.model == Config().model
+
+
+RECIPES = {  # config file -> (published row it names, key -> value of that recipe)
+    "cv5.yaml": (("Ascend port, GPU", "Ascend port, NPU"), {
+        "model.type": "LMTCNN-1-1", "train.batch_size": 32, "train.learning_rate": 0.01, "train.max_steps": 50000,
+        "train.steps_per_decay": 10000, "train.decay_rate": 0.1, "train.augment": "none",
+        "eval.batch_norm": "batch", "eval.batch_size": 128}),
+    "cv5-authors.yaml": (("authors' repo, LMTCNN-2-1",), {
+        "model.type": "LMTCNN-2-1", "train.batch_size": 128, "train.learning_rate": 0.01, "train.max_steps": 50000,
+        "train.steps_per_decay": 10000, "train.decay_rate": 0.1, "train.augment": "authors",
+        "eval.batch_norm": "batch", "eval.batch_size": 128}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_each_published_row_has_its_config(name):
+    from functools import reduce
+
+    from scheduler.config import load_run_config
+    from scheduler.results import REFERENCE_ROWS
+
+    path = os.path.join(ROOT, "configs", name)
+    config = load_run_config(path)
+    rows, recipe = RECIPES[name]
+    for key, value in recipe.items():
+        assert reduce(getattr, key.split("."), config) == value, key
+    header = open(path).read().split("\nname:")[0]  # the comment above the keys
+    means = {source: mean for source, _, mean in REFERENCE_ROWS}
+    for row in rows:
+        assert '"%s"' % row in header
+        assert "%.2f/%.2f/%.2f" % means[row] in header
+    assert "docs/REFERENCE.md" in header and "python -m scheduler run configs/%s" % name in header
 
 
 @pytest.mark.parametrize("text, words", [

@@ -1,4 +1,4 @@
-"""The two networks against the paper's layer table and parameter counts (REFERENCE.md)."""
+"""The two networks against the paper's layer table and parameter counts (docs/REFERENCE.md)."""
 
 import subprocess
 import sys
@@ -79,3 +79,30 @@ def test_cli_summary_prints_the_count():
     assert "trainable parameters: 7614634" in lines
     assert any(line.split()[:2] == ["separable1", "27x27x512"] for line in lines)
     assert any(line.split()[:2] == ["flatten", "13824"] for line in lines)
+
+
+def test_test_batch_statistics_ignore_padding():
+    """eval.batch_norm batch (the reference's way): each batch is normalised with its own
+    statistics, over its real images only, so padding the last batch changes nothing."""
+    import numpy as np
+
+    from lmtcnn.model import build_lmtcnn
+    from lmtcnn.tfcompat import tf
+
+    rng = np.random.RandomState(0)
+    real = rng.normal(0, 1, (3, 64, 64, 3)).astype(np.float32)
+    with tf.Graph().as_default():
+        images = tf.placeholder(tf.float32, [None, 64, 64, 3])
+        weights = tf.placeholder(tf.float32, [None])
+        age, _, _ = build_lmtcnn(images, "LMTCNN-1-1", is_training=False, test_batch_weights=weights)
+        moving, _, _ = build_lmtcnn(images, "LMTCNN-1-1", is_training=False)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            alone = sess.run(age, {images: real, weights: np.ones(3)})
+            padded = sess.run(age, {images: np.concatenate([real, np.zeros((5, 64, 64, 3), np.float32)]),
+                                    weights: np.array([1, 1, 1, 0, 0, 0, 0, 0], np.float32)})
+            other_batch = sess.run(age, {images: real[:2], weights: np.ones(2)})
+            with_moving = sess.run(moving, {images: real})
+    np.testing.assert_allclose(padded[:3], alone, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(other_batch, alone[:2], atol=1e-5)  # the statistics are the batch's own
+    assert not np.allclose(with_moving, alone, atol=1e-5)

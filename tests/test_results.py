@@ -219,3 +219,28 @@ def test_no_finished_fold_gives_no_numbers():
     csv_rows = {r[0]: r for r in csv.reader(io.StringIO(rs.to_csv(results)))}
     assert csv_rows["mean"][2:6] == ["", "", "", ""]
     assert "failed" in draw(rs.to_table(results))
+
+
+def test_synthetic_data_is_not_laid_beside_the_published_results():
+    view = run_view()
+    view.data = {"dir": "/data/demo", "split": "own", "synthetic": True}
+    results = rs.build_results(view)
+    assert results["reference"] == []
+    text = draw(rs.to_table(results))
+    assert "49.06/73.42/83.63" not in text and "Synthetic data, not Adience" in text
+    markdown = rs.to_markdown(results)
+    assert "Ascend port" not in markdown and "docs/REFERENCE.md" in markdown
+
+
+def test_the_recipe_of_the_folds_is_stated():
+    view = run_view()
+    for fold in COUNTS:
+        view.folds[fold].metrics.update(batch_norm="test-batch statistics (batches of 128, as the reference)",
+                                        augment="none")
+    results = rs.build_results(view)
+    assert results["augment"] == "none"
+    assert results["batch_norm_at_test"] == "test-batch statistics (batches of 128, as the reference)"
+    for text in (rs.to_markdown(results), draw(rs.to_table(results))):
+        squeezed = " ".join(text.split())
+        assert "training augmentation: none" in squeezed.lower()
+        assert "test-time batch norm: test-batch statistics (batches of 128" in squeezed.lower()

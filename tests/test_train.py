@@ -118,7 +118,7 @@ def test_training_again_into_the_workdir_resumes(first_run, tmp_path):
 def test_test_metrics_count_every_image_once_and_match_a_later_evaluation(first_run):
     manifest = load_manifest(first_run.config.data.data_dir)
     test_count = manifest["folds"][str(FOLD)]["test"]["count"]
-    assert test_count % first_run.config.train.batch_size != 0  # the padded last batch is exercised
+    assert test_count % first_run.config.eval.batch_size != 0  # the padded last batch is exercised
     m = first_run.metrics
     assert m["count"] == test_count
     assert sum(map(sum, m["age_confusion"])) == test_count
@@ -236,3 +236,23 @@ def test_stop_request_saves_a_checkpoint_interrupts_and_resumes(prepared, tmp_pa
     assert started["start_step"] == 2
     assert [e["step"] for e in events if e["event"] == "step_done"] == [3, 4]
     assert metrics["step"] == 4 and os.path.exists(os.path.join(workdir, "metrics.json"))
+
+
+def test_recipe_switches_are_recorded_with_the_metrics(first_run, tmp_path):
+    """train.augment none (the Ascend port's training view) and eval.batch_norm batch (the
+    reference's scoring) train and evaluate, and say so in metrics.json."""
+    config = tiny_config(first_run.config.data.data_dir, max_steps=2, checkpoint_every_steps=2)
+    config.train.augment = "none"
+    config.eval.batch_norm = "batch"
+    workdir = str(tmp_path / "fold_1")
+    metrics = train(config, FOLD, workdir, report=lambda e: None)
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        saved = json.load(f)
+    assert saved["augment"] == "none"
+    assert saved["batch_norm"] == "test-batch statistics (batches of 16, as the reference)"
+    assert saved["count"] == metrics["count"] == load_manifest(config.data.data_dir)["folds"][str(FOLD)]["test"]["count"]
+    # Re-scoring the same weights with the moving averages is one command away.
+    config.eval.batch_norm = "moving"
+    again = evaluate_checkpoint(config, FOLD, workdir)
+    assert again["batch_norm"] == "moving averages" and again["count"] == metrics["count"]
+    assert first_run.metrics["augment"] == "authors"
