@@ -218,3 +218,19 @@ def test_cli_missing_adience_dir_exits_2_with_one_line(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "nowhere" in lines[0] and "fold_0_data.txt" in lines[0]
     assert not out.exists()
+
+
+def test_an_empty_validation_split_is_refused_when_evaluation_asks_for_it(release, tmp_path):
+    import json as json_module
+
+    from conftest import tiny_config
+    from lmtcnn.prepare import check_fold_data
+
+    manifest = json_module.load(open(os.path.join(release.out, "manifest.json")))
+    manifest["folds"]["2"]["val"] = {"count": 0, "files": [], "age_counts": [0] * 8}
+    config = tiny_config(release.out, eval_every_steps=50, batch_size=4)
+    with pytest.raises(UserError) as e:
+        check_fold_data(config, manifest, 2)
+    assert "fold 2 has no validation images" in str(e.value) and "train.eval_every_steps" in str(e.value)
+    config.train.eval_every_steps = 0
+    assert check_fold_data(config, manifest, 2)["val"] == 0

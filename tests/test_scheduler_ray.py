@@ -109,3 +109,24 @@ def test_python_error_in_a_fold_is_not_retried(prepared, tmp_path):
     failed = events_of(run_dir, "fold_failed")
     assert len(failed) == 1 and "TrainingDiverged" in failed[0]["reason"] and "step" in failed[0]["reason"]
     assert not events_of(run_dir, "fold_retrying")
+
+
+def test_a_damaged_metrics_file_is_moved_aside_and_the_fold_scored_again(prepared, tmp_path):
+    run_dir = tmp_path / "run"
+    config = run_config(prepared, run_dir, [4], train={"max_steps": 4})
+    assert run(config, quiet_console()) == 0
+    metrics = run_dir / "fold_4" / "metrics.json"
+    text = metrics.read_text()
+    metrics.write_text(text[:len(text) // 2])  # a torn copy
+
+    from scheduler.config import load_run_config
+
+    assert run(load_run_config(str(run_dir / "config.yaml")), quiet_console(), resume_dir=str(run_dir)) == 0
+    after = events_of(run_dir)
+    (notice,) = [e for e in after if e["event"] == "notice" and "damaged" in e["text"]]
+    assert str(metrics) in notice["text"]
+    assert list((run_dir / "fold_4").glob("metrics.json.damaged-*"))
+    starts = [e for e in after if e["event"] == "fold_started"]
+    assert [e["start_step"] for e in starts] == [0, 4]  # resumed at its end: scored, not retrained
+    assert not [e for e in after if e["event"] == "step_done" and e["attempt"] == 2]
+    assert json.loads(metrics.read_text())["step"] == 4
