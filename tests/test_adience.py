@@ -80,6 +80,9 @@ def test_prepare_keeps_a_repeated_row_once(raw_adience, tmp_path):
         f.write(repeated + "\n")
     manifest = prepare(copy, str(tmp_path / "out"), workers=1)
     assert manifest["dropped_rows"]["duplicate row"] == 1
+    from lmtcnn.__main__ import format_prepare_summary
+
+    assert "repeated rows: 1 dropped, each image is kept once" in format_prepare_summary(manifest, "out")
     for k in range(5):
         roles = manifest["folds"][str(k)]
         assert sum(roles[r]["count"] for r in adience.ROLES) == manifest["images"]
