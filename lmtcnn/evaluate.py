@@ -61,13 +61,26 @@ def find_checkpoint(path, what="--checkpoint"):
         if os.path.exists(layout.final_weights(path) + ".index"):
             return layout.final_weights(path)
         for folder in (path, layout.checkpoints(path)):
-            latest = tf.train.latest_checkpoint(folder)
+            latest = tf.train.latest_checkpoint(folder) or _newest_on_disk(folder)
             if latest:
                 return latest
     elif os.path.exists(path + ".index"):
         return path
     raise UserError("%s %s: no checkpoint here; pass a checkpoint prefix (model.ckpt-1000) or a fold "
                     "directory holding final/ or checkpoints/" % (what, path))
+
+
+def _newest_on_disk(folder):
+    """The newest `<prefix>.index` in `folder` by its step: a copied run directory whose
+    `checkpoint` index names absolute paths of another machine (TF 1's Saver writes them)."""
+    import glob
+    import re
+
+    found = []
+    for index in glob.glob(os.path.join(glob.escape(folder), "*.index")):
+        step = re.search(r"-(\d+)\.index$", index)
+        found.append((int(step.group(1)) if step else -1, os.path.getmtime(index), index[:-len(".index")]))
+    return max(found)[2] if found else None
 
 
 def evaluate_checkpoint(config, fold, checkpoint, role="test"):

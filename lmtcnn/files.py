@@ -10,8 +10,8 @@ import tempfile
 
 # mkstemp creates files 0600; a written file gets what the process's umask allows, as a
 # file made by open() would. Read once: os.umask can only be read by setting it.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 
 
 def write_bytes_atomic(path, data):
@@ -20,7 +20,7 @@ def write_bytes_atomic(path, data):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
+        os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -1,6 +1,7 @@
 """The training graph of one fold: input, network, loss, optimizer, eval tower, savers."""
 
 import collections
+import os
 
 from lmtcnn import input_pipeline
 from lmtcnn.model import WEIGHT_DECAY_COLLECTION, build_lmtcnn
@@ -11,6 +12,12 @@ TrainingGraph = collections.namedtuple("TrainingGraph", [
     "saver", "weights_saver", "model_variables",
     "eval_iterator", "eval_files", "eval_padding", "eval_outputs",
 ])
+
+
+def decoding_threads(train_config):
+    """train.preprocess_threads, where 0 means one per core of this host (the scheduler
+    sets it to the fold's CPUs before the graph is built)."""
+    return train_config.preprocess_threads or os.cpu_count() or 1
 
 
 def multitask_loss(age_logits, gender_logits, ages, genders, train_config):
@@ -30,7 +37,7 @@ def build_training_graph(config, train_files, stored_size, seed=0):
         tf.set_random_seed(seed)
         global_step = tf.train.get_or_create_global_step()
         images, ages, genders = input_pipeline.train_batches(
-            train_files, tc.batch_size, mc.image_size, stored_size, tc.shuffle_buffer, tc.preprocess_threads, seed,
+            train_files, tc.batch_size, mc.image_size, stored_size, tc.shuffle_buffer, decoding_threads(tc), seed,
             augment=tc.augment == "authors")
         age_logits, gender_logits, _ = build_lmtcnn(images, mc.type, is_training=True,
                                                     dropout_prob=mc.dropout_prob, bn_decay=mc.batch_norm_decay)
@@ -72,7 +79,7 @@ def build_eval_tower(config, stored_size):
     """
     ec, mc = config.eval, config.model
     iterator, files, padding, (images, ages, genders, valid) = input_pipeline.eval_batches(
-        ec.batch_size, mc.image_size, stored_size, config.train.preprocess_threads)
+        ec.batch_size, mc.image_size, stored_size, decoding_threads(config.train))
     age_logits, gender_logits, _ = build_lmtcnn(images, mc.type, is_training=False, test_batch_weights=(
         valid if ec.batch_norm == "batch" else None))
     return iterator, files, padding, (age_logits, gender_logits, ages, genders, valid)

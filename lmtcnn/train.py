@@ -56,8 +56,6 @@ def train(config, fold, workdir, report=events.log_report, stop_requested=None):
 
 
 def _train(config, fold, workdir, report, stop_requested, started):
-    if not config.train.preprocess_threads:  # 0: one decoding call per core of this host
-        config.train.preprocess_threads = os.cpu_count() or 1
     device = resolve_device(config.train.device)
     activate_device(device)
     manifest = load_manifest(config.data.data_dir)
@@ -88,7 +86,10 @@ def _train(config, fold, workdir, report, stop_requested, started):
             report(events.make(events.EVAL_STARTED, step=int(step), split="test"))
             metrics = evaluate_split(sess, graph, config, fold, "test")
         except tf.errors.DataLossError as e:
-            raise _damaged_data(config, fold, e)
+            damaged = _damaged_data(config, fold, e)
+            if damaged is None:
+                raise
+            raise damaged
         except KeyboardInterrupt:
             # Stopped (Ctrl-C on the scheduler, or stop_requested): keep the progress.
             step = _save_unless_saved(sess, graph, ckpt_dir, report)
@@ -167,14 +168,16 @@ def checkpoint_candidates(ckpt_dir):
 
 
 def _damaged_data(config, fold, error):
-    """The UserError for a DataLossError from the input: which record file is damaged."""
+    """The UserError naming the record file that fails its checksums, or None when every
+    file reads (a transient read error, worth a retry)."""
     files = []
     for role in ("train", "val", "test"):
         files += split_files(config.data.data_dir, fold, role)[0]
     corrupt = find_corrupt_record(sorted(set(files)))
-    where = "%s: %s" % corrupt if corrupt else "%s (%s)" % (config.data.data_dir, str(error).splitlines()[0])
-    return UserError("%s; the prepared data is damaged: prepare it again into a new directory "
-                     "(python -m lmtcnn prepare)" % where)
+    if corrupt is None:
+        return None
+    return UserError("%s: %s; the prepared data is damaged: prepare it again into a new directory "
+                     "(python -m lmtcnn prepare)" % corrupt)
 
 
 def _save_checkpoint(sess, graph, ckpt_dir, report, step):
@@ -194,15 +197,16 @@ def _save_unless_saved(sess, graph, ckpt_dir, report):
 
 def _restore_or_warm_start(sess, graph, ckpt_dir, pretrained, report):
     """Resume from the work directory's newest readable checkpoint, else warm start, else
-    start fresh. A checkpoint that cannot be read (a torn copy, a disk error) is moved
-    aside as `*.unreadable` and the one before it is used; the report says so."""
+    start fresh. A checkpoint whose files cannot be read (torn, cut short, missing a part)
+    is moved aside as `*.unreadable` and the one before it is used; the report says so.
+    A readable checkpoint of another model is the user's error; any other failure (a
+    device or filesystem hiccup) is raised as it is, for a retry."""
     candidates = checkpoint_candidates(ckpt_dir)
     unreadable = []
     for number, (prefix, step) in enumerate(candidates):
-        try:
-            graph.saver.restore(sess, prefix)
-        except (tf.errors.OpError, ValueError) as e:
-            unreadable.append("%s (%s)" % (os.path.basename(prefix), str(e).strip().splitlines()[0][:200]))
+        problem = _unreadable(sess, graph, prefix)
+        if problem:
+            unreadable.append("%s (%s)" % (os.path.basename(prefix), problem))
             _move_aside(prefix)
             continue
         kept = [p for p, _ in reversed(candidates[number:])]  # oldest first, as the Saver keeps them
@@ -225,6 +229,37 @@ def _restore_or_warm_start(sess, graph, ckpt_dir, pretrained, report):
     if pretrained:
         _warm_start(sess, graph, pretrained, report)
     return 0
+
+
+# What damaged checkpoint files raise: a bad index (DataLossError), a data file cut short
+# (OutOfRangeError), a data file gone (NotFoundError, once the index names every variable).
+_DAMAGED = (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.NotFoundError)
+
+
+def _unreadable(sess, graph, prefix):
+    """Restore `prefix`; None when it worked, else what damaged its files. UserError for
+    an intact checkpoint of another model."""
+    try:
+        shapes = tf.train.NewCheckpointReader(prefix).get_variable_to_shape_map()
+    except _DAMAGED as e:
+        return _describe(e)
+    wanted = {v.op.name: v.shape.as_list() for v in tf.global_variables()}
+    other = sorted(name for name, shape in wanted.items() if name not in shapes or list(shapes[name]) != shape)
+    if other:
+        raise UserError("%s: a checkpoint of another model or recipe (%d variables missing or shaped "
+                        "differently, e.g. %s); resume with the same model keys, or train into another "
+                        "work directory" % (prefix, len(other), other[0]))
+    try:
+        graph.saver.restore(sess, prefix)
+    except _DAMAGED as e:
+        return _describe(e)
+    return None
+
+
+def _describe(error):
+    # TF 2 heads its messages with "Graph execution error:"; the next line says what happened.
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.strip().endswith(":")]
+    return "%s: %s" % (type(error).__name__, (lines or [""])[0][:200])
 
 
 def _move_aside(prefix):

@@ -10,6 +10,8 @@ drops the duplicates a replay brings and counts what was lost; a fold's end trav
 its task's return value and is never lost.
 """
 
+import os
+
 import ray
 
 
@@ -26,8 +28,10 @@ class ProgressChannel:
         every event the task pushed before it has arrived."""
 
     def drain(self):
+        """(this incarnation's process id, the events held): a new id tells the driver that
+        the channel was restarted, and lost what it held."""
         events, self._events = self._events, []
-        return events
+        return os.getpid(), events
 
 
 def start_channel():

@@ -26,7 +26,11 @@ class UnsafeArchive(Exception):
 
 def staging_root():
     """This user's staging directory on this host (0700: checkpoints are nobody else's)."""
-    root = os.path.join(tempfile.gettempdir(), "lmtcnn-runs-%s" % getpass.getuser())
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry, as in some containers
+        user = "uid%d" % os.getuid()
+    root = os.path.join(tempfile.gettempdir(), "lmtcnn-runs-%s" % user)
     os.makedirs(root, mode=0o700, exist_ok=True)
     return root
 
@@ -36,16 +40,10 @@ def stage_dir(run_dir, driver_host, fold):
     return os.path.join(staging_root(), key, "fold_%d" % fold)
 
 
-def pack_dir(path, extra_member=None):
-    """The directory as tar bytes; `extra_member` (a name) adds a one-byte file of that
-    name, which only the fault tests ask for (an archive that must be refused)."""
+def pack_dir(path):
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         tar.add(path, arcname=".")
-        if extra_member:
-            info = tarfile.TarInfo(extra_member)
-            info.size = 1
-            tar.addfile(info, io.BytesIO(b"x"))
     return buffer.getvalue()
 
 
@@ -78,24 +76,31 @@ def unpack(archive, destination):
     """Install the fold directory in `archive` at `destination` (replacing what is there).
 
     Raises UnsafeArchive (nothing written) when a member is absolute, holds `..`, or is
-    a link or device.
+    a link or device; tarfile.TarError for a damaged archive. Whatever fails, the
+    destination is left as it was.
     """
+    from lmtcnn.files import UMASK
+
     parent = os.path.dirname(os.path.abspath(destination))
     base = os.path.basename(destination)
     incoming = tempfile.mkdtemp(prefix=".%s.incoming-" % base, dir=parent)
+    replaced = None
     try:
         _extract(archive, incoming)
         _keep_earlier_log(os.path.join(destination, LOG), os.path.join(incoming, LOG))
+        os.chmod(incoming, 0o777 & ~UMASK)  # mkdtemp's 0700 is not what a fold directory has
         if os.path.isdir(destination):
             replaced = tempfile.mkdtemp(prefix=".%s.replaced-" % base, dir=parent)
             os.rename(destination, os.path.join(replaced, base))
-            os.rename(incoming, destination)
-            shutil.rmtree(replaced, ignore_errors=True)
-        else:
-            os.rename(incoming, destination)
+        os.rename(incoming, destination)
     except BaseException:
+        if replaced is not None and not os.path.exists(destination):
+            os.rename(os.path.join(replaced, base), destination)  # put the earlier one back
         shutil.rmtree(incoming, ignore_errors=True)
         raise
+    finally:
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
 
 
 def _keep_earlier_log(old_path, new_path):

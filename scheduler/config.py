@@ -26,6 +26,8 @@ class SchedulerConfig:
     runs_root: str = "runs"
     # Local instance only: NPUs to declare; -1 counts /dev/davinci<N>.
     local_npus: int = -1
+    # Local instance only: CPUs Ray hands out to folds; 0: this host's cores.
+    local_cpus: int = 0
     # After Ctrl-C (or SIGTERM, SIGHUP), how long folds get to save a checkpoint before
     # they are killed.
     stop_timeout_s: float = 120.0
@@ -53,6 +55,8 @@ class SchedulerConfig:
                 yield key, "must be > 0 seconds"
         if self.stall_timeout_s < 0:
             yield "stall_timeout_s", "must be >= 0 seconds (0: automatic)"
+        if self.local_cpus < 0:
+            yield "local_cpus", "must be >= 0 (0: this host's cores)"
         if self.local_npus < -1:
             yield "local_npus", "must be -1 (count /dev/davinci<N>) or >= 0"
 

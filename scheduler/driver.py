@@ -24,7 +24,7 @@ POLL_S = 0.25
 NPU_SYSTEM_CONFIG = {"custom_unit_instance_resources": "neuron_cores,TPU,NPU"}
 
 
-def connect(address, local_npus):
+def connect(address, local_npus, local_cpus=0):
     """Join `address` (or $RAY_ADDRESS, which `ray job submit` sets), or start a local Ray
     instance. Returns True when we started it."""
     import ray
@@ -35,7 +35,12 @@ def connect(address, local_npus):
     options = dict(log_to_driver=False, logging_level=logging.WARNING)
     address = cluster_address(address)
     if address:
-        ray.init(address=address, **options)
+        try:
+            ray.init(address=address, **options)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UserError("scheduler.address %s (or $RAY_ADDRESS): cannot join that Ray cluster (%s); start it "
+                            "with cluster/start-head.sh, or leave the address empty for a local instance"
+                            % (address, " ".join(str(e).split())[:200]))
         return False
     if ray_version() >= (2, 10):
         npus = local_npus if local_npus >= 0 else None  # Ray finds Ascend devices itself
@@ -43,9 +48,23 @@ def connect(address, local_npus):
         npus = local_npus if local_npus >= 0 else visible_npu_count()
         # Without it Ray 2.7.2 gives every NPU task instance 0.
         options["_system_config"] = NPU_SYSTEM_CONFIG
-    # "local": a new instance even when `ray start` left one running on this machine.
-    ray.init(address="local", resources={pl.NPU: npus} if npus else None, **options)
+    if local_cpus:
+        options["num_cpus"] = local_cpus
+    # The local instance's processes share the driver's process group, so a closed SSH
+    # session's SIGHUP reaches them too: they start with it ignored (inherited across
+    # exec) and the driver alone decides how to stop. Ray already shields them from SIGINT.
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN) if _main_thread() else None
+    try:
+        # "local": a new instance even when `ray start` left one running on this machine.
+        ray.init(address="local", resources={pl.NPU: npus} if npus else None, **options)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
     return True
+
+
+def _main_thread():
+    return threading.current_thread() is threading.main_thread()
 
 
 def visible_npu_count():
@@ -81,37 +100,46 @@ def run(config, console, resume_dir=None, live=False, dry_run=False, force=False
 
     resolve_paths(config)
     counts = ensure_data(config, say=lambda text: console.print(text, highlight=False), generate=not dry_run)
-    started_ray = connect(config.scheduler.address, config.scheduler.local_npus)
-    try:
-        where = cluster_address(config.scheduler.address) or "a local Ray instance"
-        nodes = pl.alive_nodes()
-        placement = pl.choose_placement(config.scheduler.device, nodes)
-        if config.train.device in ("npu", "gpu") and placement != config.train.device:
-            raise UserError("train.device %s: the folds are placed on %s (scheduler.device %s); set train.device "
-                            "auto or %s" % (config.train.device, placement, config.scheduler.device, placement))
-        request = pl.resource_request(placement, config.scheduler.cpus_per_fold)
-        pl.check_feasible(request, nodes, where)
-        if dry_run:
-            target = resume_dir or config.scheduler.run_dir or os.path.join(
-                config.scheduler.runs_root, "%s-<time>" % config.name)
-            console.print(plan_table(config, counts, placement, request, os.path.abspath(target), where))
-            return 0
+    lock, created, started = None, [], False
+    if not dry_run:  # locked before anything else starts: a refused driver starts no Ray
         if resume_dir:
-            run_dir = resume_dir
-            lock, note = runlock.acquire(run_dir, force)
+            run_dir, lock = resume_dir, runlock.acquire(resume_dir, force)
         else:
-            run_dir, lock, note = rundir.new_run_dir(config, force)
+            run_dir, lock, created = rundir.new_run_dir(config, force)
+    try:
+        started_ray = connect(config.scheduler.address, config.scheduler.local_npus, config.scheduler.local_cpus)
         try:
+            where = cluster_address(config.scheduler.address) or "a local Ray instance"
+            nodes = pl.alive_nodes()
+            placement = pl.choose_placement(config.scheduler.device, nodes)
+            if config.train.device in ("npu", "gpu") and placement != config.train.device:
+                raise UserError("train.device %s: the folds are placed on %s (scheduler.device %s); set "
+                                "train.device auto or %s" % (config.train.device, placement,
+                                                             config.scheduler.device, placement))
+            request = pl.resource_request(placement, config.scheduler.cpus_per_fold)
+            pl.check_feasible(request, nodes, where)
+            if dry_run:
+                target = resume_dir or config.scheduler.run_dir or os.path.join(
+                    config.scheduler.runs_root, "%s-<time>" % config.name)
+                console.print(plan_table(config, counts, placement, request, os.path.abspath(target), where))
+                return 0
             if not resume_dir:
-                rundir.write_config(run_dir, dump_config(config))
-            if note:
-                console.print("%s: %s" % (run_dir, note), highlight=False, soft_wrap=True)
+                try:
+                    rundir.write_config(run_dir, dump_config(config))
+                except OSError as e:
+                    raise UserError("%s: cannot write %s (%s)" % (run_dir, rundir.CONFIG, e.strerror))
+            if lock.note:
+                console.print("%s: %s" % (run_dir, lock.note), highlight=False, soft_wrap=True)
+            started = True
             return _drive(config, console, run_dir, bool(resume_dir), live, placement, request, where, len(nodes))
         finally:
-            runlock.release(run_dir, lock)
+            if started_ray:
+                ray.shutdown()
     finally:
-        if started_ray:
-            ray.shutdown()
+        if lock is not None:
+            lock.release()
+            if not started:  # refused before any work: leave no empty run directory behind
+                rundir.remove_unused(created)
 
 
 def resolve_paths(config):
@@ -125,28 +153,34 @@ class StopRequest:
     """A stop asked of the driver: Ctrl-C (SIGINT), SIGTERM (`ray job stop`, systemd, kill)
     or SIGHUP (the SSH session or terminal closed). The first sets a flag the loop reads
     between steps, so no task result is half handled, and every running fold saves a
-    checkpoint; a second raises KeyboardInterrupt and the folds are killed."""
+    checkpoint. A second SIGINT or SIGTERM makes `forced` true and raises
+    KeyboardInterrupt where the driver waits; the folds are then killed without waiting.
+    SIGHUP never escalates: a closing session can deliver it twice. A signal the process
+    was started ignoring (`nohup`) stays ignored."""
 
     SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
     def __init__(self):
         self.requested = False
+        self.forced = False
         self.signal_name = ""
         self._previous = {}
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if _main_thread():
             for name in self.SIGNALS:
                 signum = getattr(signal, name, None)
-                if signum is not None:
+                if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
                     self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if not self.requested:
+            self.requested = True
+            self.signal_name = signal.Signals(signum).name
+        elif signum != getattr(signal, "SIGHUP", None):
+            self.forced = True
             raise KeyboardInterrupt
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
 
     def __exit__(self, *exc):
         for signum, previous in self._previous.items():
@@ -157,7 +191,10 @@ def _drive(config, console, run_dir, resumed, live_mode, placement, request, whe
     from scheduler.channel import start_channel
 
     run_id = rundir.make_run_id()
-    rundir.record_driver(run_dir, run_id)
+    try:
+        rundir.record_driver(run_dir, run_id)
+    except OSError as e:
+        raise UserError("%s: cannot write %s (%s)" % (run_dir, rundir.RUN_RECORD, e.strerror))
     info = {"run_dir": run_dir, "run_id": run_id, "driver_host": socket.gethostname()}
     session = Session(config, run_dir, console, live_mode, resumed, placement, request, info)
     folds = config.scheduler.folds
@@ -185,9 +222,12 @@ def _drive(config, console, run_dir, resumed, live_mode, placement, request, whe
             if live is not None:
                 live.start()
             try:
-                _watch(session, live, stop)
+                try:
+                    _watch(session, live, stop)
+                except KeyboardInterrupt:  # a second signal while the loop was busy: kill, don't wait
+                    pass
                 if stop.requested:
-                    _stop(session, live, stop.signal_name)
+                    _stop(session, live, stop)
                     outcome = "interrupted"
                 else:
                     session.emit(ev.make(st.RUN_FINISHED))
@@ -196,22 +236,24 @@ def _drive(config, console, run_dir, resumed, live_mode, placement, request, whe
                 if live is not None:
                     session.refresh(live)
                     live.stop()
-        session.finish_cleanups()
+            session.finish_cleanups()
     finally:
+        # Also after an unexpected error: the events so far, the run's end and the table
+        # of what finished are on disk before the error is reported.
         session.log.close()
         try:
             rundir.mark_ended(run_dir, outcome)
         except OSError as e:
             console.print("could not record the run's end in %s (%s)" % (rundir.RUN_RECORD, e), highlight=False)
-    if outcome == "interrupted":
-        st.mark_interrupted(session.view)
-    results = build_results(session.view)
-    try:
-        write_results(run_dir, results)
-        written = "results: %s/results.{md,csv,json}" % run_dir
-    except OSError as e:
-        written = "could not write the results into %s (%s); `python -m scheduler table %s` prints them again " \
-                  "once there is room" % (run_dir, e.strerror, run_dir)
+        if outcome == "interrupted":
+            st.mark_interrupted(session.view)
+        results = build_results(session.view)
+        try:
+            write_results(run_dir, results)
+            written = "results: %s/results.{md,csv,json}" % run_dir
+        except OSError as e:
+            written = "could not write the results into %s (%s); `python -m scheduler table %s` prints them " \
+                      "again once there is room" % (run_dir, e.strerror, run_dir)
     console.print(to_table(results))
     console.print(written, highlight=False, soft_wrap=True)
     if outcome == "interrupted":
@@ -243,17 +285,20 @@ def _watch(session, live, stop):
     session.drain()
 
 
-def _stop(session, live, signal_name):
-    """Every running fold saves a checkpoint and stops; a second signal kills them."""
+def _stop(session, live, stop):
+    """Every running fold saves a checkpoint and stops; after a second SIGINT or SIGTERM
+    (stop.forced), or scheduler.stop_timeout_s, the rest are killed."""
     import ray
 
     session.stopping = True
-    session.notice("%s: stopping; each running fold saves a checkpoint (Ctrl-C again to kill)" % signal_name)
+    session.notice("%s: stopping; each running fold saves a checkpoint (Ctrl-C again to kill)" % stop.signal_name)
     for ref in list(session.pending):
-        ray.cancel(ref)
+        # Not recursive: that would also cancel the fold's own progress calls in flight,
+        # among them the report of its stop.
+        ray.cancel(ref, recursive=False)
     deadline = time.time() + session.config.scheduler.stop_timeout_s
     try:
-        while (session.pending or session.active) and time.time() < deadline:
+        while (session.pending or session.active) and time.time() < deadline and not stop.forced:
             if session.pending:
                 ready, _ = ray.wait(list(session.pending), num_returns=len(session.pending), timeout=POLL_S)
             else:
@@ -266,7 +311,7 @@ def _stop(session, live, signal_name):
     except KeyboardInterrupt:
         pass
     for ref in list(session.pending):
-        ray.cancel(ref, force=True)
+        ray.cancel(ref, force=True, recursive=False)
         session.pending.pop(ref)
     try:
         session.drain(wait_s=1.0)

@@ -1,4 +1,4 @@
-"""Fault injection for the fault-matrix tests (tests/faults/, docs/RELIABILITY.md).
+"""Fault injection for the fault-matrix tests (tests/test_faults_*.py, docs/RELIABILITY.md).
 
 A test puts a JSON list of rules in a file and names it in $LMTCNN_FAULTS where the
 driver runs; the driver reads the file once and hands the rules to every fold task, so
@@ -83,3 +83,22 @@ def after_event(plan, event, channel=None):
             import ray
 
             ray.kill(channel, no_restart=False)
+
+
+def tamper(archive, rule):
+    """A staged fold's archive with the rule's "extra_member" added (a name such as
+    `../x`, which collection must refuse); the archive itself without one."""
+    if not (rule or {}).get("extra_member"):
+        return archive
+    import io
+    import tarfile
+
+    copy = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as source, \
+            tarfile.open(fileobj=copy, mode="w") as out:
+        for member in source.getmembers():
+            out.addfile(member, source.extractfile(member) if member.isfile() else None)
+        info = tarfile.TarInfo(rule["extra_member"])
+        info.size = 1
+        out.addfile(info, io.BytesIO(b"x"))
+    return copy.getvalue()

@@ -89,13 +89,21 @@ def claim_device(placement, index):
     if index is None:
         return None
     path = os.path.join(lock_dir(), "lmtcnn-%s%d.lock" % (placement, index))
-    # Writable by everyone: another user's Ray instance must be able to find it held.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        os.fchmod(fd, 0o666)
-    except OSError:
-        pass  # another user's file: locking it still works
-    lock = os.fdopen(fd, "w")
+        # Another user's lock file is opened as it is: with fs.protected_regular (the
+        # default of most distributions) O_CREAT on it in /tmp is refused.
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            os.fchmod(fd, 0o666)  # readable by everyone: another user's Ray instance must see it held
+        except FileExistsError:  # created meanwhile by another fold
+            fd = os.open(path, os.O_RDONLY)
+    except PermissionError:
+        raise RuntimeError("%s: cannot open the lock of %s %d on %s; let every user read it (chmod 666) or set "
+                           "%s to a shared directory" % (path, placement.upper(), index, socket.gethostname(),
+                                                         LOCK_DIR_ENV))
+    lock = os.fdopen(fd, "r")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -132,6 +140,35 @@ def fold_workdir(session, fold, pretend_unshared=False):
     return stage_dir(session["run_dir"], session["driver_host"], fold), False
 
 
+class Reporter:
+    """The fold attempt's `report`: tags each event (fold, attempt, host, device, pid, a
+    sequence number), writes it to the fold's log.txt once that is open, and sends it to
+    the progress channel; the finished event is kept for the task's result instead."""
+
+    def __init__(self, fold, attempt, channel, fault_plan):
+        self.tags = {"fold": fold, "attempt": attempt, "host": socket.gethostname(),
+                     "node_id": ray.get_runtime_context().get_node_id(), "device_label": "", "pid": os.getpid()}
+        self.channel, self.fault_plan = channel, fault_plan
+        self.sequence, self.log, self.finished, self.stopped = 0, None, {}, False
+
+    def __call__(self, event):
+        from scheduler.dashboard import format_event
+
+        event.update(self.tags)
+        if event["event"] != ev.FOLD_FAILED:  # numbered: what the driver receives
+            self.sequence += 1
+            event["seq"] = self.sequence
+        if self.log is not None:
+            self.log.write(format_event(event) + "\n")
+            self.log.flush()
+        if event["event"] == ev.FOLD_FINISHED:
+            self.finished.update(event)
+        elif event["event"] != ev.FOLD_FAILED:  # the driver reports failures, retried or final
+            self.stopped = self.stopped or event["event"] == ev.FOLD_STOPPED
+            self.channel.push.remote(event)
+        faults.after_event(self.fault_plan, event, self.channel)
+
+
 @ray.remote(max_calls=1, max_retries=0)
 def run_fold(config_dict, fold, attempt, session, placement, channel, fault_plan=None):
     """Train one fold attempt.
@@ -140,31 +177,45 @@ def run_fold(config_dict, fold, attempt, session, placement, channel, fault_plan
     Returns: {"finished": event, "archive": tar bytes or None, "staged": path or None,
       "node_id": node}; the archive (with the staged path it came from) when this host
       does not see the run directory.
-    Raises: FoldError (retryable or not); KeyboardInterrupt when cancelled.
+    Raises: FoldError (retryable or not) for any error; KeyboardInterrupt when cancelled.
     Progress goes to `channel` tagged with fold, attempt, host, device and a sequence
     number per attempt. The finished event travels in the return value instead, so the
     driver records it exactly once, even if the channel restarted meanwhile.
     """
-    host = socket.gethostname()
-    node_id = ray.get_runtime_context().get_node_id()
-    index = device_index(placement)
-    label = "CPU" if index is None else "%s%d" % (placement.upper(), index)
-    lock = claim_device(placement, index)
+    report = Reporter(fold, attempt, channel, fault_plan)
+    # A word before any file is touched: from here on the driver's stall check hears the
+    # attempt, also when it then hangs on a filesystem that does not answer.
+    report(ev.make(ev.MESSAGE, text="attempt started on %s" % report.tags["host"]))
+    lock = None
     try:
+        index = device_index(placement)
+        report.tags["device_label"] = "CPU" if index is None else "%s%d" % (placement.upper(), index)
+        lock = claim_device(placement, index)
         set_device_env(placement, index)
-        return _train_fold(config_dict, fold, attempt, session, placement, channel, host, node_id, label,
-                           fault_plan)
+        return _train_fold(config_dict, fold, attempt, session, placement, report)
+    except KeyboardInterrupt:  # cancelled (Ctrl-C on the driver)
+        if not report.stopped:  # before the trainer's session existed: nothing to save, but say so
+            report(ev.make(ev.FOLD_STOPPED, step=None))
+        raise
+    except FoldError:
+        raise
+    except Exception as e:  # also outside training (the log, the staging directory): classified
+        raise classify(e) from None
     finally:
         if lock is not None:  # released now: the process may outlive the task a little
             lock.close()
+        # The driver records the task's end from its result: progress must be there first.
+        try:
+            ray.get(channel.flush.remote(), timeout=30)
+        except Exception:  # a lost channel must not hide how the fold ended
+            pass
 
 
-def _train_fold(config_dict, fold, attempt, session, placement, channel, host, node_id, label, fault_plan):
+def _train_fold(config_dict, fold, attempt, session, placement, report):
     from lmtcnn.config import apply_override, build_config
     from scheduler.config import RunConfig
-    from scheduler.dashboard import format_event
 
-    for key, value in faults.config_overrides(fault_plan, fold, attempt).items():
+    for key, value in faults.config_overrides(report.fault_plan, fold, attempt).items():
         apply_override(config_dict, "%s=%s" % (key, json.dumps(value)))
     config = build_config(config_dict, RunConfig)
     if config.train.device == "auto":
@@ -173,28 +224,12 @@ def _train_fold(config_dict, fold, attempt, session, placement, channel, host, n
         config.train.cpu_threads = config.scheduler.cpus_per_fold
     if not config.train.preprocess_threads:
         config.train.preprocess_threads = config.scheduler.cpus_per_fold
-    staging = faults.staging(fault_plan, fold, attempt)
+    staging = faults.staging(report.fault_plan, fold, attempt)
     workdir, shared = fold_workdir(session, fold, pretend_unshared=staging is not None)
     os.makedirs(workdir, exist_ok=True)
-    finished, stopped, sequence = {}, [], [0]
+    host, label = report.tags["host"], report.tags["device_label"]
 
-    with open(os.path.join(workdir, "log.txt"), "a", encoding="utf-8") as log:
-        def report(event):
-            event.update(fold=fold, attempt=attempt, host=host, node_id=node_id, device_label=label,
-                         pid=os.getpid())
-            if event["event"] != ev.FOLD_FAILED:  # numbered: what the driver receives
-                sequence[0] += 1
-                event["seq"] = sequence[0]
-            log.write(format_event(event) + "\n")
-            log.flush()
-            if event["event"] == ev.FOLD_FINISHED:
-                finished.update(event)
-            elif event["event"] != ev.FOLD_FAILED:  # the driver reports failures, retried or final
-                if event["event"] == ev.FOLD_STOPPED:
-                    stopped.append(event)
-                channel.push.remote(event)
-            faults.after_event(fault_plan, event, channel)
-
+    with open(os.path.join(workdir, "log.txt"), "a", encoding="utf-8") as report.log:
         visible = {k: os.environ[k] for k in ("ASCEND_RT_VISIBLE_DEVICES", "ASCEND_DEVICE_ID",
                                               "CUDA_VISIBLE_DEVICES") if k in os.environ}
         report(ev.make(ev.MESSAGE, env=visible, text="%s on %s: %s" % (
@@ -208,23 +243,13 @@ def _train_fold(config_dict, fold, attempt, session, placement, channel, host, n
             from lmtcnn.train import train  # TensorFlow loads here, after the device variables
 
             train(config, fold, workdir, report)
-        except KeyboardInterrupt:  # cancelled (Ctrl-C on the driver)
-            if not stopped:  # before the trainer's session existed: nothing to save, but say so
-                report(ev.make(ev.FOLD_STOPPED, step=None))
-            raise
-        except Exception as e:
-            raise classify(e) from None
         finally:
-            # The driver records the task's end from its result: progress must be there first.
-            try:
-                ray.get(channel.flush.remote(), timeout=30)
-            except Exception:  # a lost channel must not hide how the fold ended
-                pass
+            report.log = None
     if shared:
-        return {"finished": finished, "archive": None, "staged": None, "node_id": node_id}
+        return {"finished": report.finished, "archive": None, "staged": None, "node_id": report.tags["node_id"]}
     # The staged copy stays until the driver has installed this one (scheduler.collect).
-    archive = pack_dir(workdir, extra_member=(staging or {}).get("extra_member"))
-    return {"finished": finished, "archive": archive, "staged": workdir, "node_id": node_id}
+    archive = faults.tamper(pack_dir(workdir), staging)
+    return {"finished": report.finished, "archive": archive, "staged": workdir, "node_id": report.tags["node_id"]}
 
 
 @ray.remote(num_cpus=0, max_retries=0)

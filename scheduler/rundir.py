@@ -24,33 +24,74 @@ RUN_RECORD = "run.json"
 
 
 def new_run_dir(config, force=False):
-    """Create (or reuse an empty) run directory and lock it. Returns (path, lock record, note)."""
+    """Create (or reuse an empty) run directory and lock it. Returns (path, runlock.RunLock,
+    created): the directories this call made, innermost first. A default name
+    (<runs_root>/<name>-<time>) taken by a run started in the same second gets a suffix."""
     from scheduler import runlock
 
     s = config.scheduler
-    path = os.path.abspath(s.run_dir or os.path.join(s.runs_root, "%s-%s" % (config.name,
-                                                                            time.strftime("%Y%m%d-%H%M%S"))))
-    if os.path.exists(os.path.join(path, EVENTS)):
+    if s.run_dir:
+        path = os.path.abspath(s.run_dir)
+        if os.path.exists(os.path.join(path, EVENTS)):
+            _refuse_earlier_run(path)
+        created = _missing_dirs(path)
+        _make_dirs(path, exist_ok=True)
+    else:
+        base = os.path.abspath(os.path.join(s.runs_root, "%s-%s" % (config.name, time.strftime("%Y%m%d-%H%M%S"))))
+        created = _missing_dirs(os.path.dirname(base))
+        _make_dirs(os.path.dirname(base), exist_ok=True)
+        path, number = base, 1
+        while not _make_dirs(path, exist_ok=False):
+            number += 1
+            path = "%s-%d" % (base, number)
+        created.insert(0, path)
+    lock = runlock.acquire(path, force)
+    if os.path.exists(os.path.join(path, EVENTS)):  # another driver started it just before us
+        lock.release()
         _refuse_earlier_run(path)
+    return path, lock, created
+
+
+def _make_dirs(path, exist_ok):
+    """True when made (or there, with exist_ok); False when it exists already."""
     try:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, exist_ok=exist_ok)
+    except FileExistsError:
+        return False
     except OSError as e:
         raise UserError("%s: cannot create the run directory (%s); choose another scheduler.run_dir or "
                         "scheduler.runs_root" % (path, e.strerror))
-    record, note = runlock.acquire(path, force)
-    if os.path.exists(os.path.join(path, EVENTS)):  # another driver started it just before us
-        runlock.release(path, record)
-        _refuse_earlier_run(path)
-    return path, record, note
+    return True
+
+
+def _missing_dirs(path):
+    """The directories of `path` that do not exist yet, innermost first."""
+    missing = []
+    while path and not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def remove_unused(created):
+    """Delete the directories a refused driver made (innermost first), where they hold
+    nothing but its lock file."""
+    from scheduler import runlock
+
+    for path in created:
+        if not os.path.isdir(path) or not set(os.listdir(path)) <= {runlock.LOCK}:
+            return
+        for name in os.listdir(path):
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
 
 
 def _refuse_earlier_run(path):
     from scheduler import runlock
 
-    holder = runlock.read_holder(path)
-    if holder and runlock.holder_alive(holder) is not False:
+    if runlock.holder_alive(path) is not False:
         raise UserError("%s: the %s is running this run (%s); choose another scheduler.run_dir"
-                        % (path, runlock.describe(holder), runlock.LOCK))
+                        % (path, runlock.describe(runlock.read_holder(path)), runlock.LOCK))
     raise UserError("%s: holds an earlier run; continue it with `python -m scheduler run --resume %s` "
                     "or choose another scheduler.run_dir" % (path, path))
 
@@ -76,11 +117,11 @@ def make_run_id():
 
 
 def driver_alive(run_dir):
-    """True when a driver holds the run directory's lock on this host, None when the lock
-    is held from another host (which cannot be checked from here), False otherwise."""
+    """True when a driver holds the run directory's lock, None when its record names a
+    driver on another host whose lock this host cannot see, False otherwise."""
     from scheduler import runlock
 
-    return runlock.holder_alive(runlock.read_holder(run_dir))
+    return runlock.holder_alive(run_dir)
 
 
 def mark_ended(run_dir, how):

@@ -1,11 +1,16 @@
-"""One driver per run directory: `driver.lock`, taken before the driver writes anything.
+"""One driver per run directory: `driver.lock`, held before the driver writes anything.
 
-The lock file names its holder (host, pid, start time). A second driver, or a `--resume`
-while the first still runs, is refused with the holder's name. A lock whose process is
-gone from this host is stale and taken over; a lock held from another host cannot be
-checked from here, so taking it over needs `--force` (the user knows that host is down).
+The driver keeps an exclusive `flock` on the file for as long as it runs, and writes its
+name into it (host, pid, start time). The kernel drops the lock when the process dies,
+however it dies, so on one host a lock that can be taken is never a live driver's; on
+a shared filesystem (NFS v4) the lock reaches the other hosts. A second driver, or a
+`--resume` while the first runs, finds the lock held and is refused with the holder's
+name. A record left by another host whose lock could be taken may still be alive on a
+filesystem that keeps locks per host, so taking it over needs `--force` (the user knows
+that host is down). The file stays after a run, empty: no driver.
 """
 
+import fcntl
 import json
 import os
 import socket
@@ -16,92 +21,108 @@ from lmtcnn.errors import UserError
 LOCK = "driver.lock"
 
 
-def process_start(pid):
-    """The kernel's start time of `pid` (clock ticks since boot) or None: with the pid it
-    tells a live driver from an unrelated process that reused its pid."""
-    try:
-        with open("/proc/%d/stat" % pid, "r") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def read_holder(run_dir):
-    """The lock's record, {} when the file is torn, None when there is no lock."""
+    """The record in the lock file: {} when it is empty or torn, None when there is none."""
     try:
         with open(os.path.join(run_dir, LOCK), "r", encoding="utf-8") as f:
-            return json.load(f)
+            text = f.read()
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
+    except OSError:
         return {}
-
-
-def holder_alive(holder):
-    """True: the holder runs on this host. False: it is gone. None: another host's, unknown."""
-    if not holder or "pid" not in holder:
-        return False
-    if holder.get("host") != socket.gethostname():
-        return None
     try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
+        record = json.loads(text) if text.strip() else {}
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _held(path):
+    """True when some process holds the lock file's lock, False when none does."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
         return False
-    except PermissionError:
-        pass  # another user's live process
-    started = holder.get("proc_start")
-    return started is None or process_start(holder["pid"]) in (None, started)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock we may have taken
+    return False
+
+
+def holder_alive(run_dir):
+    """True: a driver holds the run directory. False: none does. None: the record names a
+    driver on another host and no lock is visible from here, so this host cannot tell."""
+    path = os.path.join(run_dir, LOCK)
+    if _held(path):
+        return True
+    holder = read_holder(run_dir)
+    if holder and holder.get("host") not in (None, socket.gethostname()):
+        return None
+    return False
 
 
 def describe(holder):
-    return "driver pid %s on %s since %s" % (holder.get("pid", "?"), holder.get("host", "?"), time.strftime(
-        "%Y-%m-%d %H:%M:%S", time.localtime(holder["started"])) if "started" in holder else "?")
+    holder = holder or {}
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"])) if "started" in holder else "?"
+    return "driver pid %s on %s since %s" % (holder.get("pid", "?"), holder.get("host", "?"), when)
+
+
+class RunLock:
+    """The held lock of one run directory (keep it for the driver's lifetime)."""
+
+    def __init__(self, run_dir, fd, record, note):
+        self.run_dir, self.fd, self.record, self.note = run_dir, fd, record, note
+
+    def release(self):
+        """Empty the record, then drop the lock: a reader sees no driver, or a live one."""
+        if self.fd is None:
+            return
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError:
+            pass  # a full or read-only disk: the lock itself still goes with the descriptor
+        os.close(self.fd)
+        self.fd = None
 
 
 def acquire(run_dir, force=False):
-    """Take the run directory's lock. Returns (record, note) where note says whose stale lock
-    was taken over ("" if none). Raises UserError naming the holder when it is held."""
+    """Take the run directory's lock. Returns a RunLock whose `note` says whose record was
+    taken over ("" if none). Raises UserError naming the holder when it is held, or the
+    directory when the lock file cannot be written."""
     path = os.path.join(run_dir, LOCK)
-    record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
-              "proc_start": process_start(os.getpid())}
-    note = ""
-    for _ in range(5):  # a few rounds in case another driver takes over the same stale lock
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileExistsError:
-            holder = read_holder(run_dir)
-            if holder is None:
-                continue  # released meanwhile
-            alive = holder_alive(holder)
-            if alive:
-                raise UserError("%s: the %s is running this run (%s); watch it with `python -m scheduler status "
-                                "%s`" % (run_dir, describe(holder), LOCK, run_dir))
-            if alive is None and not force:
-                raise UserError("%s: held by the %s (%s); this host cannot check it: if that driver is gone, "
-                                "pass --force" % (run_dir, describe(holder), LOCK))
-            note = "took over the lock of the %s, which is gone" % describe(holder) if holder else \
-                "took over a torn lock file"
-            try:
-                # Renamed, not deleted: a driver racing us for the same stale lock then
-                # fails to rename it rather than deleting the lock we are about to write.
-                os.rename(path, "%s.stale-%d" % (path, os.getpid()))
-                os.unlink("%s.stale-%d" % (path, os.getpid()))
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        return record, note
-    raise UserError("%s: could not take %s; another driver keeps taking it" % (run_dir, LOCK))
-
-
-def release(run_dir, record):
-    """Remove the lock if it is still ours."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError("%s: cannot create %s (%s); choose a run directory you can write" % (
+            run_dir, LOCK, e.strerror))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        holder = read_holder(run_dir)
+        if holder:
+            raise UserError("%s: the %s is running this run (%s); watch it with `python -m scheduler status %s`"
+                            % (run_dir, describe(holder), LOCK, run_dir))
+        raise UserError("%s: another driver is starting on this run (%s); wait for it, or choose another run "
+                        "directory" % (run_dir, LOCK))
     holder = read_holder(run_dir)
-    if holder and all(holder.get(k) == record[k] for k in ("host", "pid", "started")):
-        try:
-            os.unlink(os.path.join(run_dir, LOCK))
-        except FileNotFoundError:
-            pass
+    note = ""
+    if holder:
+        elsewhere = holder.get("host") not in (None, socket.gethostname())
+        if elsewhere and not force:
+            os.close(fd)
+            raise UserError("%s: held by the %s (%s); this host cannot check it: if that driver is gone, pass "
+                            "--force" % (run_dir, describe(holder), LOCK))
+        note = "took over the lock of the %s, which is gone" % describe(holder)
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+        os.fsync(fd)
+    except OSError as e:
+        os.close(fd)
+        raise UserError("%s: cannot write %s (%s)" % (run_dir, LOCK, e.strerror))
+    return RunLock(run_dir, fd, record, note)

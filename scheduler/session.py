@@ -8,6 +8,7 @@ errors and a full disk fail the fold; a fold no node can hold fails after a whil
 
 import collections
 import os
+import tarfile
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -20,8 +21,9 @@ from scheduler import state as st
 from scheduler.dashboard import format_event, render
 from scheduler.watchdog import Heartbeat
 
-CHECK_EVERY_S = 2.0   # placement and stall checks (events are drained more often)
-DRAIN_WAIT_S = 10.0   # how long a final drain waits for a restarting channel
+CHECK_EVERY_S = 2.0    # placement and stall checks (events are drained more often)
+DRAIN_WAIT_S = 10.0    # how long a final drain waits for a restarting channel
+CHANNEL_QUIET_S = 5.0  # a drain unanswered this long: the channel is away, stall checks pause
 
 
 @dataclass
@@ -52,8 +54,10 @@ class Session:
         self.active = set()
         self.seen = collections.defaultdict(set)  # (fold, attempt) -> sequence numbers received
         self.said = set()  # one-time notices already given
-        self.drain_ref, self.channel_trouble = None, ""
-        self.cleanups = []  # tasks deleting collected folds' staged copies
+        # One drain call in flight at a time, since when, and the channel process answering.
+        self.drain_ref, self.drain_since, self.channel_pid, self.channel_trouble = None, 0.0, None, ""
+        self.retries = collections.Counter()  # fold -> retries in this session
+        self.cleanups = []  # tasks deleting collected folds' staged copies; cancelled tasks
         self.fault_plan = faults.load_plan()  # None outside the fault-matrix tests
         self.last_check = 0.0
 
@@ -73,7 +77,7 @@ class Session:
                 attempt.heartbeat.heard(event, time.time())
             if event["event"] in (ev.FOLD_STOPPED, ev.FOLD_FINISHED):
                 self.active.discard(key)
-            else:
+            elif attempt is not None:  # a late event of an ended attempt keeps no stop waiting
                 self.active.add(key)
         if event["event"] == ev.MESSAGE and event.get("not_shared"):
             self.notice_once("not_shared", event["text"])
@@ -118,34 +122,46 @@ class Session:
         from ray.exceptions import RayError
 
         if self.drain_ref is None:
-            self.drain_ref = self.channel.drain.remote()
+            self.drain_ref, self.drain_since = self.channel.drain.remote(), time.time()
         ready, _ = ray.wait([self.drain_ref], timeout=wait_s)
         if not ready:
-            if not self.channel_trouble and wait_s:
-                self.channel_trouble = "the progress channel does not answer; Ray restarts it, folds train on"
-                self.notice(self.channel_trouble)
             return False
         ref, self.drain_ref = self.drain_ref, None
         try:
-            events = ray.get(ref)
+            pid, events = ray.get(ref)
         except RayError as e:
-            if not self.channel_trouble:
-                self.channel_trouble = "the progress channel failed (%s); Ray restarts it, folds train on" % (
-                    type(e).__name__)
-                self.notice(self.channel_trouble)
+            self._channel_trouble("the progress channel failed (%s); Ray restarts it, folds train on"
+                                  % type(e).__name__)
             return False
+        if self.channel_pid is not None and pid != self.channel_pid:
+            self.notice("the progress channel was restarted; events it held are lost (counted per fold when it "
+                        "ends), no fold's end or checkpoint is")
+        self.channel_pid = pid
         if self.channel_trouble:
             self.channel_trouble = ""
             self.notice("the progress channel answers again")
+            # Quiet time while the channel was away is not the folds' own.
+            now = time.time()
+            for attempt in self.pending.values():
+                if attempt.heartbeat.last is not None:
+                    attempt.heartbeat.last = now
         for event in events:
             self.emit(event)
         return True
 
     def drain_all(self):
-        """Everything a task sent before it ended (it waited for the channel to have it)."""
+        """Everything a task sent before it ended (it waited for the channel to have it).
+        A drain call made before the task ended may have run before its last events
+        arrived, so after it one more is made, and waited for."""
         deadline = time.time() + DRAIN_WAIT_S
-        while not self.drain(wait_s=max(deadline - time.time(), 0.1)) and time.time() < deadline:
-            pass
+        for _ in range(2 if self.drain_ref is not None else 1):
+            while not self.drain(wait_s=max(deadline - time.time(), 0.1)) and time.time() < deadline:
+                pass
+
+    def _channel_trouble(self, text):
+        if not self.channel_trouble:
+            self.channel_trouble = text
+            self.notice(text)
 
     # -- attempts ----------------------------------------------------------------------
 
@@ -167,6 +183,8 @@ class Session:
             return
         self.last_check = now
         s = self.config.scheduler
+        if self.drain_ref is not None and now - self.drain_since > CHANNEL_QUIET_S:
+            self._channel_trouble("the progress channel does not answer; Ray restarts it, folds train on")
         nodes = None
         for ref, a in list(self.pending.items()):
             if a.ended_by_driver:
@@ -182,13 +200,19 @@ class Session:
                                     a.fold, pl.format_request(self.request), pl.describe_offers(nodes),
                                     s.unplaceable_timeout_s))
                 elif now - a.unplaceable_since > s.unplaceable_timeout_s:
-                    a.ended_by_driver = "unplaceable"
-                    ray.cancel(ref, force=True)
+                    # Cancelled and forgotten: a cancel of a task that never started need
+                    # not be waited for, and must not keep the run going.
+                    ray.cancel(ref, force=True, recursive=False)
+                    self.pending.pop(ref)
+                    self.cleanups.append(ref)
+                    self._ended(a)
                     self.emit(ev.make(ev.FOLD_FAILED, fold=a.fold, attempt=a.attempt, reason=(
                         "no alive node could hold %s for %.0f s (nodes offer %s); start a host with that resource "
                         "and resume the run" % (pl.format_request(self.request), now - a.unplaceable_since,
                                                 pl.describe_offers(nodes)))))
                 continue
+            if self.channel_trouble:
+                continue  # no reports reach the driver: silence says nothing about the fold
             quiet = a.heartbeat.stalled(now)
             if quiet is not None:
                 step = self.view.folds[a.fold].step
@@ -196,7 +220,7 @@ class Session:
                 a.note = "stalled at step %d: no report for %.0f s (allowed %.0f s)" % (
                     step, quiet, a.heartbeat.quiet_allowed())
                 self.emit(ev.make(st.FOLD_STALLED, fold=a.fold, attempt=a.attempt, step=step, quiet_s=round(quiet, 1)))
-                ray.cancel(ref, force=True)  # a hung step does not answer a polite cancel
+                ray.cancel(ref, force=True, recursive=False)  # a hung step does not answer a polite cancel
 
     def collect(self, ref):
         """Handle one ended task: record success, retry what may succeed, or fail the fold."""
@@ -209,9 +233,7 @@ class Session:
         try:
             result = ray.get(ref)
         except (TaskCancelledError, RayError) as e:
-            if a.ended_by_driver == "unplaceable":
-                self._ended(a)
-            elif a.ended_by_driver == "stalled":
+            if a.ended_by_driver == "stalled":
                 self._end_attempt(a, a.note, retryable=True)
             elif isinstance(e, TaskCancelledError):
                 pass  # a stop: the fold reports its own FOLD_STOPPED (it stays active until then)
@@ -232,7 +254,6 @@ class Session:
 
     def _install(self, a, result):
         """Extract a staged fold into the run directory, then delete the host's copy."""
-        import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from scheduler.fold_task import remove_staged
@@ -240,7 +261,7 @@ class Session:
         where = "%s:%s" % (result["finished"].get("host", "?"), result["staged"])
         try:
             collect.unpack(result["archive"], rundir.fold_dir(self.run_dir, a.fold))
-        except (collect.UnsafeArchive, OSError) as e:
+        except (collect.UnsafeArchive, tarfile.TarError, OSError) as e:
             self.drain_all()
             self._ended(a)
             self.emit(ev.make(ev.FOLD_FAILED, fold=a.fold, attempt=a.attempt, reason=(
@@ -257,12 +278,14 @@ class Session:
         s = self.config.scheduler
         if self.stopping and retryable:
             return  # the run is stopping: a resume carries on from the checkpoint
-        if retryable and a.attempt <= s.max_retries:
+        # Retries count in this session: a resumed run gets its retries back.
+        if retryable and self.retries[a.fold] < s.max_retries:
+            self.retries[a.fold] += 1
             self.emit(ev.make(st.FOLD_RETRYING, fold=a.fold, attempt=a.attempt + 1, reason=reason))
             self.submit(a.fold, a.attempt + 1)
             return
         if retryable:
-            reason += "; no retries left (scheduler.max_retries %d)" % s.max_retries
+            reason += "; no retries left (scheduler.max_retries %d in this session)" % s.max_retries
         self.emit(ev.make(ev.FOLD_FAILED, fold=a.fold, attempt=a.attempt, reason=reason))
 
     def _ended(self, a):
@@ -276,16 +299,21 @@ class Session:
                         "checkpoints are not affected)" % (a.fold, a.attempt, missing))
 
     def finish_cleanups(self):
-        """Wait briefly for staged copies to be deleted; a host that is gone keeps its copy."""
+        """Wait briefly for staged copies to be deleted (a host that is gone keeps its copy)
+        and for cancelled tasks, whose errors nobody needs to hear about."""
         import ray
 
-        if self.cleanups:
+        if not self.cleanups:
+            return
+        try:
             ready, _ = ray.wait(self.cleanups, num_returns=len(self.cleanups), timeout=10)
             for ref in ready:
                 try:
                     ray.get(ref)
                 except Exception:
                     pass
+        except KeyboardInterrupt:  # a second Ctrl-C: the run is over anyway
+            pass
 
 
 def task_error_reason(error):

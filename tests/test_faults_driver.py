@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from conftest import ROOT, summarize, write_faults
-from scheduler import rundir
+from conftest import ROOT, summarize
+from scheduler import runlock
 from test_scheduler_interrupt import HELD_AT, held, hold_folds_1_and_2, scheduler_cli, wait_for, write_config
 
 pytestmark = pytest.mark.faults
@@ -60,7 +60,7 @@ def test_sigkill_of_the_driver_then_resume(prepared, tmp_path, fault_record):
     restarts = {e["fold"]: e["start_step"] for e in s["events"] if e["event"] == "fold_started" and e["attempt"] == 2}
     assert restarts == {1: HELD_AT, 2: HELD_AT}
     assert files_of(os.path.join(run_dir, "fold_0")) == done, "a finished fold was touched"
-    assert not os.path.exists(os.path.join(run_dir, "driver.lock"))
+    assert runlock.read_holder(run_dir) == {}  # released: empty
     fault_record(scenario="driver SIGKILL, then --resume", folds_finished="3/3", steps_lost=s["steps_lost"],
                  events_lost=s["events_lost"], detect_s="at --resume (stale lock of a dead pid taken over)")
 

@@ -18,10 +18,7 @@ import pytest
 import ray
 
 from conftest import quiet_console, ray_init_local, run_config, summarize, write_faults
-from lmtcnn.config import build_config, config_to_dict
-from scheduler import rundir
 from scheduler.collect import stage_dir
-from scheduler.config import RunConfig
 from scheduler.driver import run
 
 pytestmark = pytest.mark.faults
@@ -96,6 +93,8 @@ def test_progress_channel_killed_loses_no_fold_end(prepared, tmp_path, monkeypat
     assert s["finished"] == [0, 1, 2] and s["attempts"] == {0: 1, 1: 1, 2: 1}
     assert len([e for e in s["events"] if e["event"] == "fold_finished"]) == 3
     assert s["events_repeated"] == 0
+    restarted = [e for e in s["events"] if e["event"] == "notice" and "channel was restarted" in e["text"]]
+    assert len(restarted) == 1, "the kill never reached the progress channel"
     # Events the dead actor held undrained are gone; the driver says how many, per attempt.
     lost_notices = [e["text"] for e in s["events"] if e["event"] == "notice" and "were lost" in e["text"]]
     assert sum(int(re.search(r"try \d+: (\d+) progress events", t).group(1)) for t in lost_notices) == s["events_lost"]

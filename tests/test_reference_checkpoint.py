@@ -78,6 +78,8 @@ def save(values, prefix, names, extras=True):
             for n, value in values.items():
                 if "moving_" not in n:
                     var_list["OptimizeLoss/%s/Momentum" % names(n)] = tf.Variable(np.zeros_like(value))
+                    # Slots as a plain MomentumOptimizer names them, under the variable's own scope.
+                    var_list["%s/Momentum" % names(n)] = tf.Variable(np.zeros_like(value))
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             tf.train.Saver(var_list).save(sess, prefix, write_meta_graph=False)
@@ -141,10 +143,19 @@ def trained(prepared, tmp_path_factory):
     return config, workdir, reference
 
 
-def test_eval_of_a_reference_checkpoint_equals_eval_of_our_own(trained):
+def test_eval_of_a_reference_checkpoint_equals_eval_of_our_own(trained, tmp_path):
     config, workdir, reference = trained
+    config.train.preprocess_threads = 0  # as configs/cv5.yaml: one per core
     ours = evaluate_checkpoint(config, 1, workdir)
-    theirs = evaluate_checkpoint(config, 1, reference)
+    # Their run directory, copied from another machine: its `checkpoint` index names an
+    # absolute path that is not here; the newest checkpoint on disk is taken.
+    run_dir = tmp_path / "LMTCNN-1-1-run"
+    run_dir.mkdir()
+    for name in os.listdir(os.path.dirname(reference)):
+        os.link(os.path.join(os.path.dirname(reference), name), str(run_dir / name))
+    (run_dir / "checkpoint").write_text('model_checkpoint_path: "/home/them/LMTCNN-1-1-run/checkpoint-4"\n')
+    theirs = evaluate_checkpoint(config, 1, str(run_dir))
+    assert theirs["checkpoint"] == str(run_dir / "checkpoint-4")
     assert theirs["checkpoint_naming"] == "reference" and ours["checkpoint_naming"] == "lmtcnn"
     for key in ("count", "age_top1", "age_top2", "age_one_off", "gender", "age_confusion"):
         assert theirs[key] == ours[key], key

@@ -13,56 +13,77 @@ from lmtcnn.files import write_json_atomic
 from scheduler import rundir, runlock
 
 
-def dead_pid():
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
+HOLDER = """
+import sys
+from scheduler import runlock
+lock = runlock.acquire(sys.argv[1])
+print("held", flush=True)
+sys.stdin.read()
+"""
 
 
-def test_a_live_holder_is_named_and_a_dead_one_taken_over(tmp_path):
-    record, note = runlock.acquire(str(tmp_path))
-    assert note == "" and record["pid"] == os.getpid()
-    with pytest.raises(UserError) as e:
-        runlock.acquire(str(tmp_path))  # this very process holds it: alive
-    assert "pid %d on %s" % (os.getpid(), socket.gethostname()) in str(e.value) and "\n" not in str(e.value)
-    runlock.release(str(tmp_path), record)
-    assert not os.path.exists(str(tmp_path / runlock.LOCK))
+def hold_in_another_process(run_dir):
+    from conftest import ROOT
 
-    pid = dead_pid()
-    (tmp_path / runlock.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "started": 1.0}))
-    record, note = runlock.acquire(str(tmp_path))
-    assert "pid %d" % pid in note and "gone" in note
-    assert json.loads((tmp_path / runlock.LOCK).read_text())["pid"] == os.getpid()
-    runlock.release(str(tmp_path), record)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, run_dir], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, universal_newlines=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
 
 
-def test_a_reused_pid_is_not_mistaken_for_the_driver(tmp_path):
-    # Our own pid, but recorded with another process start time: a stale lock whose pid
-    # the kernel has given to someone else.
-    (tmp_path / runlock.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                                     "started": 1.0, "proc_start": "1"}))
-    if runlock.process_start(os.getpid()) is None:
-        pytest.skip("no /proc here")
-    record, note = runlock.acquire(str(tmp_path))
-    assert "gone" in note
-    runlock.release(str(tmp_path), record)
+def test_a_live_holder_is_named_and_a_dead_ones_lock_taken_over(tmp_path):
+    run_dir = str(tmp_path)
+    holder = hold_in_another_process(run_dir)
+    try:
+        assert rundir.driver_alive(run_dir) is True
+        with pytest.raises(UserError) as e:
+            runlock.acquire(run_dir)
+        assert "driver pid %d on %s" % (holder.pid, socket.gethostname()) in str(e.value)
+        assert "\n" not in str(e.value)
+    finally:
+        holder.kill()  # SIGKILL: no handler runs, the kernel drops the lock
+        holder.wait()
+    assert rundir.driver_alive(run_dir) is False
+    lock = runlock.acquire(run_dir)
+    assert "pid %d" % holder.pid in lock.note and "gone" in lock.note
+    assert runlock.read_holder(run_dir)["pid"] == os.getpid()
+    with pytest.raises(UserError, match="pid %d" % os.getpid()):
+        runlock.acquire(run_dir)  # a second driver in this very process is refused as well
+    lock.release()
+    assert runlock.read_holder(run_dir) == {} and rundir.driver_alive(run_dir) is False
+    again = runlock.acquire(run_dir)
+    assert again.note == ""
+    again.release()
 
 
-def test_another_hosts_lock_needs_force(tmp_path):
+def test_another_hosts_record_needs_force(tmp_path):
     (tmp_path / runlock.LOCK).write_text(json.dumps({"host": "elsewhere", "pid": 7, "started": 1.0}))
+    assert rundir.driver_alive(str(tmp_path)) is None
     with pytest.raises(UserError, match="elsewhere.*--force"):
         runlock.acquire(str(tmp_path))
-    assert rundir.driver_alive(str(tmp_path)) is None
-    record, note = runlock.acquire(str(tmp_path), force=True)
-    assert "pid 7 on elsewhere" in note
-    runlock.release(str(tmp_path), record)
+    lock = runlock.acquire(str(tmp_path), force=True)
+    assert "pid 7 on elsewhere" in lock.note
+    lock.release()
 
 
-def test_a_torn_lock_file_is_taken_over(tmp_path):
+def test_a_driver_still_writing_its_record_is_not_taken_over(tmp_path):
+    import fcntl
+
+    path = str(tmp_path / runlock.LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # locked, record not written yet
+    try:
+        with pytest.raises(UserError, match="another driver is starting"):
+            runlock.acquire(str(tmp_path))
+    finally:
+        os.close(fd)
+
+
+def test_a_torn_record_whose_lock_is_free_is_taken_over(tmp_path):
     (tmp_path / runlock.LOCK).write_text('{"host": "x", "pi')
-    record, note = runlock.acquire(str(tmp_path))
-    assert note == "took over a torn lock file"
-    runlock.release(str(tmp_path), record)
+    lock = runlock.acquire(str(tmp_path))
+    assert lock.note == ""
+    lock.release()
 
 
 def test_a_torn_last_event_does_not_swallow_the_next(tmp_path):

@@ -267,7 +267,10 @@ def test_requests_no_node_can_hold_exit_2(prepared, tmp_path):
         assert "no node of a local Ray instance can hold one fold's request" in line
         for word in words:
             assert word in line, line
-    assert not (tmp_path / "runs").exists()
+    # No run directory is left behind (the two drivers, started in the same second, were
+    # given two names; the runs root one of them made may stay, empty).
+    runs = tmp_path / "runs"
+    assert not runs.exists() or os.listdir(str(runs)) == []
 
 
 # Ray 2.60 turns on token authentication for a new local instance, and another process's

@@ -28,7 +28,8 @@ def write_config(tmp_path, prepared, run_dir):
         "model: {image_size: 64, batch_norm_decay: 0.9}\n"
         "train: {device: cpu, batch_size: 16, max_steps: 30, checkpoint_every_steps: %d, log_every_steps: 2,\n"
         "        eval_every_steps: 0, shuffle_buffer: 64, preprocess_threads: 1, cpu_threads: 1}\n"
-        "scheduler: {device: cpu, folds: [0, 1, 2], run_dir: %s}\n" % (prepared, HELD_AT, run_dir))
+        # Four CPUs on any machine: folds 0 and 1 start together, fold 2 when fold 0 ends.
+        "scheduler: {device: cpu, folds: [0, 1, 2], run_dir: %s, local_cpus: 4}\n" % (prepared, HELD_AT, run_dir))
     return str(path)
 
 
@@ -76,7 +77,14 @@ def test_signal_stops_cleanly_and_resume_runs_only_missing_folds(prepared, tmp_p
     driver = scheduler_cli("run", config, "--no-dashboard", env={"LMTCNN_FAULTS": hold_folds_1_and_2(tmp_path)})
     try:
         wait_for(run_dir, held, "fold 0 finished, folds 1 and 2 held at step %d" % HELD_AT, driver)
-        driver.send_signal(signum)
+        if signum == signal.SIGHUP:
+            # A closed SSH session: the terminal's whole process group (the driver and the
+            # local Ray instance it started) gets SIGHUP, often twice.
+            os.killpg(driver.pid, signal.SIGHUP)
+            time.sleep(0.5)
+            os.killpg(driver.pid, signal.SIGHUP)
+        else:
+            driver.send_signal(signum)
         output, _ = driver.communicate(timeout=180)
     finally:
         if driver.poll() is None:

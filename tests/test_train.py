@@ -250,7 +250,8 @@ def test_recipe_switches_are_recorded_with_the_metrics(first_run, tmp_path):
         saved = json.load(f)
     assert saved["augment"] == "none"
     assert saved["batch_norm"] == "test-batch statistics (batches of 16, as the reference)"
-    assert saved["count"] == metrics["count"] == load_manifest(config.data.data_dir)["folds"][str(FOLD)]["test"]["count"]
+    test_count = load_manifest(config.data.data_dir)["folds"][str(FOLD)]["test"]["count"]
+    assert saved["count"] == metrics["count"] == test_count
     # Re-scoring the same weights with the moving averages is one command away.
     config.eval.batch_norm = "moving"
     again = evaluate_checkpoint(config, FOLD, workdir)
