@@ -40,6 +40,7 @@ test-faults: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/input_vs_step.py
+	$(PY) bench/pipeline_threads.py
 	$(PY) bench/prepare_workers.py
 
 clean:
