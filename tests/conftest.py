@@ -112,6 +112,18 @@ class EventTail:
         self.thread.join(5)
 
 
+def snapshot(directory):
+    """{relative path: (mtime, bytes)} of every file below `directory`: equal snapshots
+    mean nothing was touched."""
+    out = {}
+    for base, _, names in os.walk(str(directory)):
+        for name in names:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, str(directory))] = (os.stat(path).st_mtime_ns, f.read())
+    return out
+
+
 def write_faults(tmp_path, rules, monkeypatch=None):
     """Fault rules (scheduler/faults.py) in a file; with `monkeypatch`, named in
     $LMTCNN_FAULTS for the next run() in this process. Returns the file's path."""

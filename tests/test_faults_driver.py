@@ -16,21 +16,11 @@ import time
 
 import pytest
 
-from conftest import ROOT, summarize
+from conftest import ROOT, snapshot, summarize
 from scheduler import runlock
 from test_scheduler_interrupt import HELD_AT, held, hold_folds_1_and_2, scheduler_cli, wait_for, write_config
 
 pytestmark = pytest.mark.faults
-
-
-def files_of(directory):
-    out = {}
-    for base, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(base, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = (os.stat(path).st_mtime_ns, f.read())
-    return out
 
 
 def test_sigkill_of_the_driver_then_resume(prepared, tmp_path, fault_record):
@@ -45,7 +35,7 @@ def test_sigkill_of_the_driver_then_resume(prepared, tmp_path, fault_record):
         if driver.poll() is None:
             driver.kill()
     assert os.path.exists(os.path.join(run_dir, "driver.lock"))
-    done = files_of(os.path.join(run_dir, "fold_0"))
+    done = snapshot(os.path.join(run_dir, "fold_0"))
 
     status = subprocess.run([sys.executable, "-m", "scheduler", "status", run_dir], cwd=ROOT,
                             stdout=subprocess.PIPE, universal_newlines=True)
@@ -59,7 +49,7 @@ def test_sigkill_of_the_driver_then_resume(prepared, tmp_path, fault_record):
     assert s["finished"] == [0, 1, 2]
     restarts = {e["fold"]: e["start_step"] for e in s["events"] if e["event"] == "fold_started" and e["attempt"] == 2}
     assert restarts == {1: HELD_AT, 2: HELD_AT}
-    assert files_of(os.path.join(run_dir, "fold_0")) == done, "a finished fold was touched"
+    assert snapshot(os.path.join(run_dir, "fold_0")) == done, "a finished fold was touched"
     assert runlock.read_holder(run_dir) == {}  # released: empty
     fault_record(scenario="driver SIGKILL, then --resume", folds_finished="3/3", steps_lost=s["steps_lost"],
                  events_lost=s["events_lost"], detect_s="at --resume (stale lock of a dead pid taken over)")
@@ -77,7 +67,7 @@ def test_two_drivers_on_one_run_directory(prepared, tmp_path, fault_record):
     first = scheduler_cli("run", config, "--no-dashboard", env={"LMTCNN_FAULTS": hold_folds_1_and_2(tmp_path)})
     try:
         wait_for(run_dir, held, "fold 0 finished, folds 1 and 2 held", first)
-        before = files_of(run_dir)
+        before = snapshot(run_dir)
         for args in (["run", config, "--no-dashboard"], ["run", "--resume", run_dir, "--no-dashboard"]):
             second = subprocess.run([sys.executable, "-m", "scheduler"] + args, cwd=ROOT, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, universal_newlines=True,
@@ -85,7 +75,7 @@ def test_two_drivers_on_one_run_directory(prepared, tmp_path, fault_record):
             assert second.returncode == 2, second.stderr
             line = error_line(second)
             assert run_dir in line and "pid %d" % first.pid in line, line
-        after = files_of(run_dir)
+        after = snapshot(run_dir)
         # The refused drivers wrote nothing: every file is as the first driver left it,
         # apart from what that driver itself appends meanwhile.
         assert set(after) == set(before)

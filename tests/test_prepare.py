@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, snapshot
 from lmtcnn.adience import AGE_GROUPS, read_fold
 from lmtcnn.errors import UserError
 from lmtcnn.prepare import prepare, split_files
@@ -147,16 +147,6 @@ def test_record_files_of_a_split_hold_exactly_that_split(release):
                                                            "agegender_%s.txt" % role))}
             names = [r[0] for r in read_records(files)]
             assert len(names) == count and set(names) == listed
-
-
-def snapshot(directory):
-    out = {}
-    for base, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(base, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = (os.stat(path).st_mtime_ns, f.read())
-    return out
 
 
 def test_preparing_twice_is_refused_and_changes_nothing(release):
