@@ -61,13 +61,22 @@ def find_checkpoint(path, what="--checkpoint"):
         if os.path.exists(layout.final_weights(path) + ".index"):
             return layout.final_weights(path)
         for folder in (path, layout.checkpoints(path)):
-            latest = tf.train.latest_checkpoint(folder) or _newest_on_disk(folder)
+            latest = _latest_in_index(folder) or _newest_on_disk(folder)
             if latest:
                 return latest
     elif os.path.exists(path + ".index"):
         return path
     raise UserError("%s %s: no checkpoint here; pass a checkpoint prefix (model.ckpt-1000) or a fold "
                     "directory holding final/ or checkpoints/" % (what, path))
+
+
+def _latest_in_index(folder):
+    """What TF's `checkpoint` index in `folder` names, if it exists here. (TF 1.15 raises
+    for an index naming a directory that does not exist on this machine.)"""
+    try:
+        return tf.train.latest_checkpoint(folder)
+    except tf.errors.OpError:
+        return None
 
 
 def _newest_on_disk(folder):

@@ -155,8 +155,9 @@ class StopRequest:
     between steps, so no task result is half handled, and every running fold saves a
     checkpoint. A second SIGINT or SIGTERM makes `forced` true and raises
     KeyboardInterrupt where the driver waits; the folds are then killed without waiting.
-    SIGHUP never escalates: a closing session can deliver it twice. A signal the process
-    was started ignoring (`nohup`) stays ignored."""
+    SIGHUP never escalates: a closing session can deliver it twice; a driver started
+    ignoring it (`nohup`) keeps ignoring it. SIGINT and SIGTERM are always handled, also
+    when a shell started the driver in the background with SIGINT ignored."""
 
     SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
@@ -170,8 +171,9 @@ class StopRequest:
         if _main_thread():
             for name in self.SIGNALS:
                 signum = getattr(signal, name, None)
-                if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
-                    self._previous[signum] = signal.signal(signum, self._handle)
+                if signum is None or (name == "SIGHUP" and signal.getsignal(signum) is signal.SIG_IGN):
+                    continue
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):

@@ -8,6 +8,7 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import socket
 import tempfile
 
@@ -169,6 +170,16 @@ class Reporter:
         faults.after_event(self.fault_plan, event, self.channel)
 
 
+def _allow_cancel():
+    """Ray cancels a running task by simulating Ctrl-C in its worker (interrupt_main), which
+    does nothing while SIGINT is ignored, as it is in every process that a shell started in
+    the background, and so in a local Ray instance such a driver started: restore it."""
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the worker's main thread: nothing to restore from here
+        pass
+
+
 @ray.remote(max_calls=1, max_retries=0)
 def run_fold(config_dict, fold, attempt, session, placement, channel, fault_plan=None):
     """Train one fold attempt.
@@ -182,6 +193,7 @@ def run_fold(config_dict, fold, attempt, session, placement, channel, fault_plan
     number per attempt. The finished event travels in the return value instead, so the
     driver records it exactly once, even if the channel restarted meanwhile.
     """
+    _allow_cancel()
     report = Reporter(fold, attempt, channel, fault_plan)
     # A word before any file is touched: from here on the driver's stall check hears the
     # attempt, also when it then hangs on a filesystem that does not answer.

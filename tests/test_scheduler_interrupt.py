@@ -40,10 +40,16 @@ def hold_folds_1_and_2(tmp_path):
     return str(path)
 
 
+def ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def scheduler_cli(*args, env=None):
+    """The driver as a shell starts it in the background (`... &`, CI jobs): in its own
+    session, with SIGINT ignored, which it and its local Ray instance inherit."""
     return subprocess.Popen([sys.executable, "-m", "scheduler"] + list(args), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, universal_newlines=True, start_new_session=True,
-                            env=dict(os.environ, RAY_ADDRESS="local", **(env or {})))
+                            preexec_fn=ignore_sigint, env=dict(os.environ, RAY_ADDRESS="local", **(env or {})))
 
 
 def wait_for(run_dir, condition, what, driver, timeout_s=300):
