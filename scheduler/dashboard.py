@@ -100,7 +100,7 @@ def format_event(event):
         return kind.replace("_", " ")
     where = "fold %d try %d" % (event["fold"], event.get("attempt", 0))
     if event.get("host"):
-        where += " %s:%s" % (event["host"], event.get("device_label", ""))
+        where += " %s" % event["host"] + (":%s" % event["device_label"] if event.get("device_label") else "")
     if kind == ev.STEP_DONE:
         what = "step %d/%s loss %.4f lr %.2g %.0f images/s" % (event["step"], event.get("total_steps", "?"),
                                                                event["loss"], event["learning_rate"],
