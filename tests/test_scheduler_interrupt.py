@@ -40,8 +40,11 @@ def hold_folds_1_and_2(tmp_path):
     return str(path)
 
 
-def ignore_sigint():
+def as_a_background_job():
+    # SIGINT ignored, as a shell leaves it for `... &`; SIGHUP at its default, as in a
+    # terminal session (this test itself may run under nohup).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def scheduler_cli(*args, env=None):
@@ -49,7 +52,7 @@ def scheduler_cli(*args, env=None):
     session, with SIGINT ignored, which it and its local Ray instance inherit."""
     return subprocess.Popen([sys.executable, "-m", "scheduler"] + list(args), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, universal_newlines=True, start_new_session=True,
-                            preexec_fn=ignore_sigint, env=dict(os.environ, RAY_ADDRESS="local", **(env or {})))
+                            preexec_fn=as_a_background_job, env=dict(os.environ, RAY_ADDRESS="local", **(env or {})))
 
 
 def wait_for(run_dir, condition, what, driver, timeout_s=300):
