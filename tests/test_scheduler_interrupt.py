@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, summarize
 from scheduler import rundir
 
 HELD_AT = 10
@@ -83,7 +83,7 @@ def held(events):
     pytest.param(signal.SIGTERM, id="SIGTERM", marks=pytest.mark.faults),
     pytest.param(signal.SIGHUP, id="SIGHUP", marks=pytest.mark.faults),
 ])
-def test_signal_stops_cleanly_and_resume_runs_only_missing_folds(prepared, tmp_path, signum):
+def test_signal_stops_cleanly_and_resume_runs_only_missing_folds(prepared, tmp_path, signum, fault_record):
     """Ctrl-C, `ray job stop` / systemd (SIGTERM) and a closed SSH session (SIGHUP) all
     stop the run the same way: folds checkpoint and stop, results are written."""
     run_dir = str(tmp_path / "run")
@@ -136,3 +136,8 @@ def test_signal_stops_cleanly_and_resume_runs_only_missing_folds(prepared, tmp_p
     results = json.load(open(os.path.join(run_dir, "results.json")))
     assert [r["state"] for r in results["folds"]] == ["done"] * 3
     assert open(os.path.join(run_dir, "fold_0", "metrics.json")).read() == finished_metrics
+    s = summarize(run_dir)
+    assert s["steps_lost"] == 0 and s["events_repeated"] == 0
+    fault_record(scenario="driver %s%s, then --resume" % (signal.Signals(signum).name, " (twice, to the process "
+                 "group)" if signum == signal.SIGHUP else ""), folds_finished="3/3", steps_lost=s["steps_lost"],
+                 events_lost=s["events_lost"], detect_s="at once (folds save and stop)")
