@@ -76,7 +76,8 @@ def test_hung_fold_is_cancelled_as_stalled_and_resumes(prepared, tmp_path, monke
     last = [e for e in s["events"] if e.get("attempt") == 1 and "seq" in e][-1]
     assert last["event"] == "step_done" and last["step"] == 12
     detect = stalled["time"] - last["time"]
-    assert stalled["quiet_s"] > 8.0 and detect > 8.0
+    # quiet_s is recorded to 0.1 s: 8.04 s of quiet is past the limit yet reads 8.0.
+    assert stalled["quiet_s"] >= 8.0 and detect > 8.0
     (retry,) = [e for e in s["events"] if e["event"] == "fold_retrying"]
     assert "stalled at step 12" in retry["reason"]
     assert [e["start_step"] for e in s["events"] if e["event"] == "fold_started"] == [0, INTERVAL]
