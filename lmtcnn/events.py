@@ -10,7 +10,7 @@ import time
 
 FOLD_STARTED = "fold_started"          # device, start_step, total_steps, train_images
 STEP_DONE = "step_done"                # step, total_steps, loss, learning_rate, images_per_s
-EVAL_STARTED = "eval_started"          # step, split (the first may compile a graph on an NPU)
+EVAL_STARTED = "eval_started"          # step, split, images (the first may compile a graph on an NPU)
 EVAL_DONE = "eval_done"                # step, split, metrics
 CHECKPOINT_SAVED = "checkpoint_saved"  # step, path
 FOLD_STOPPED = "fold_stopped"          # step (interrupted; a checkpoint holds it; None: before training)

@@ -59,7 +59,7 @@ def _train(config, fold, workdir, report, stop_requested, started):
     device = resolve_device(config.train.device)
     activate_device(device)
     manifest = load_manifest(config.data.data_dir)
-    check_fold_data(config, manifest, fold)
+    counts = check_fold_data(config, manifest, fold)
     train_files, train_count = split_files(config.data.data_dir, fold, "train")
     steps = total_steps(config.train, train_count)
     os.makedirs(workdir, exist_ok=True)
@@ -80,10 +80,11 @@ def _train(config, fold, workdir, report, stop_requested, started):
         report(events.make(events.FOLD_STARTED, device=device, start_step=start_step, total_steps=steps,
                            train_images=train_count, tf_version=VERSION))
         try:
-            _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, report, stop_requested)
+            _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, report, stop_requested,
+                       counts["val"])
             step = _save_unless_saved(sess, graph, ckpt_dir, report)
             graph.weights_saver.save(sess, layout.final_weights(workdir), write_meta_graph=False)
-            report(events.make(events.EVAL_STARTED, step=int(step), split="test"))
+            report(events.make(events.EVAL_STARTED, step=int(step), split="test", images=counts["test"]))
             metrics = evaluate_split(sess, graph, config, fold, "test")
         except tf.errors.DataLossError as e:
             damaged = _damaged_data(config, fold, e)
@@ -105,7 +106,7 @@ def _train(config, fold, workdir, report, stop_requested, started):
     return metrics
 
 
-def _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, report, stop_requested):
+def _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, report, stop_requested, val_images):
     tc = config.train
     ckpt_dir = layout.checkpoints(workdir)
     # One fixed fetch list every step: on the NPU a new fetch set recompiles the graph,
@@ -136,7 +137,7 @@ def _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, re
         if step % tc.checkpoint_every_steps == 0 and step < steps:
             _save_checkpoint(sess, graph, ckpt_dir, report, step)
         if tc.eval_every_steps and step % tc.eval_every_steps == 0 and step < steps:
-            report(events.make(events.EVAL_STARTED, step=int(step), split="val"))
+            report(events.make(events.EVAL_STARTED, step=int(step), split="val", images=val_images))
             metrics = evaluate_split(sess, graph, config, fold, "val")
             report(events.make(events.EVAL_DONE, step=int(step), split="val", metrics=metrics))
             window_start, window_step = time.time(), step  # images/s measures training only

@@ -61,6 +61,9 @@ def test_events_checkpoints_metrics_and_final_weights(first_run):
     manifest = load_manifest(first_run.config.data.data_dir)
     assert started["train_images"] == manifest["folds"][str(FOLD)]["train"]["count"]
     assert [e["step"] for e in events if e["event"] == "step_done"] == [2, 4, 6]
+    # The evaluation says how many images it reads: the driver's stall allowance scales with it.
+    (evaluation,) = [e for e in events if e["event"] == "eval_started"]
+    assert evaluation["split"] == "test" and evaluation["images"] == manifest["folds"][str(FOLD)]["test"]["count"]
     assert all(np.isfinite(e["loss"]) and e["learning_rate"] == pytest.approx(0.01)
                for e in events if e["event"] == "step_done")
     saved = [e for e in events if e["event"] == "checkpoint_saved"]
@@ -145,6 +148,23 @@ def test_nan_loss_raises_training_diverged_naming_the_step(prepared, tmp_path):
     assert int(match.group(1)) == last_good + 1
     assert "fold 0" in str(e.value)
     assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+
+
+def test_validation_during_training_reports_what_the_checkpoint_scores(prepared, tmp_path):
+    config = tiny_config(prepared, max_steps=4, checkpoint_every_steps=2, log_every_steps=2, eval_every_steps=2)
+    workdir = str(tmp_path / "fold_1")
+    events = []
+    train(config, FOLD, workdir, report=events.append)
+    assert names(events) == ["fold_started", "step_done", "checkpoint_saved", "eval_started", "eval_done",
+                             "step_done", "checkpoint_saved", "eval_started", "fold_finished"]
+    val_count = load_manifest(prepared)["folds"][str(FOLD)]["val"]["count"]
+    started, done = events[3], events[4]
+    assert (started["split"], started["step"], started["images"]) == ("val", 2, val_count)
+    assert done["split"] == "val" and done["metrics"]["count"] == val_count
+    # The weights evaluated at step 2 are the ones its checkpoint holds.
+    again = evaluate_checkpoint(config, FOLD, os.path.join(workdir, "checkpoints", "model.ckpt-2"), "val")
+    for key in ("age_top1", "age_top2", "gender", "age_confusion"):
+        assert again[key] == done["metrics"][key], key
 
 
 def test_a_short_run_clearly_beats_chance(prepared, tmp_path):

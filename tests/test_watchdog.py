@@ -44,3 +44,32 @@ def test_the_first_evaluation_may_compile_later_ones_may_not():
     assert beat.slowest_gap_s == 5.0  # the first evaluation's 895 s do not count as a gap
     beat.heard(event(ev.EVAL_STARTED, split="test"), 910.0)
     assert beat.quiet_allowed() == 20.0 and beat.stalled(931.0) == 21.0
+
+
+def test_a_later_evaluation_is_allowed_what_earlier_ones_took_per_image():
+    beat = Heartbeat(startup_timeout_s=1800.0)
+    beat.heard(event(ev.STEP_DONE), 0.0)
+    beat.heard(event(ev.STEP_DONE), 10.0)  # steps report every 10 s: 190 s allowed
+    beat.heard(event(ev.EVAL_STARTED, split="val", images=1000), 20.0)
+    beat.heard(event(ev.EVAL_DONE, split="val"), 620.0)  # first: compile and 1000 images, 0.6 s each
+    assert beat.slowest_gap_s == 10.0 and beat.eval_s_per_image == 0.6
+    beat.heard(event(ev.STEP_DONE), 630.0)
+    assert beat.quiet_allowed() == 10.0 + AUTO_MARGIN_S
+    beat.heard(event(ev.EVAL_STARTED, split="val", images=1000), 640.0)
+    assert beat.quiet_allowed() == 2 * 600.0  # what the first took, twice over
+    beat.heard(event(ev.EVAL_DONE, split="val"), 840.0)  # without a compile: 0.2 s per image
+    assert beat.slowest_gap_s == 10.0  # an evaluation is not a gap between training reports
+    assert beat.eval_s_per_image == 0.2
+    # The test split, three times the validation split, may take three times as long.
+    beat.heard(event(ev.EVAL_STARTED, split="test", images=3000), 850.0)
+    assert beat.quiet_allowed() == 2 * 600.0
+    assert beat.stalled(850.0 + 1199.0) is None and beat.stalled(850.0 + 1201.0) == 1201.0
+
+
+def test_an_evaluation_that_says_no_image_count_keeps_the_training_allowance():
+    beat = Heartbeat(startup_timeout_s=1800.0)
+    beat.heard(event(ev.STEP_DONE), 0.0)
+    beat.heard(event(ev.EVAL_STARTED, split="val"), 5.0)
+    beat.heard(event(ev.EVAL_DONE, split="val"), 100.0)
+    beat.heard(event(ev.EVAL_STARTED, split="val"), 105.0)
+    assert beat.eval_s_per_image is None and beat.quiet_allowed() == 5.0 + AUTO_MARGIN_S
