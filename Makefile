@@ -36,7 +36,7 @@ test: $(VENV)/.installed
 # full disk, ...): real Ray and TensorFlow, several minutes. FAULT_REPORT=file.jsonl
 # records each scenario's figures (bench/fault_matrix.py prints them as a table).
 test-faults: $(VENV)/.installed
-	LMTCNN_FAULT_REPORT=$(FAULT_REPORT) $(PY) -m pytest -q -m faults tests
+	LMTCNN_FAULT_REPORT=$(FAULT_REPORT) $(PY) -m pytest -q -m "faults or matrix" tests
 
 bench: $(VENV)/.installed
 	$(PY) bench/input_vs_step.py

@@ -97,6 +97,10 @@ def format_prepare_summary(manifest, out):
     if split["source"] == "lists":
         lines.append("the lists' repeated lines are kept, one sample each, as the reference trains and scores "
                      "them; train+val: images listed in both")
+        if skipped:
+            # The list statistics describe the lists as given; the counts, the samples kept.
+            lines.append("the counts leave out the lines of the %d skipped images, so they fall short of the lists' "
+                         "line counts; repeats and train+val are of the lists as given" % sum(skipped.values()))
         lines.append("fold  train    val   test   repeated lines (train/val/test)   train+val")
         for k, roles in sorted(manifest["folds"].items()):
             r = split["repeated_lines"][k]

@@ -139,6 +139,10 @@ def test_markdown(results):
         if source in PUBLISHED_FOLDS:
             assert row[1:6] == ["%.2f/%.2f/%.2f" % f for f in PUBLISHED_FOLDS[source]]
     assert "42.12/66.72/80.44" in text
+    # Each published row says how it was scored; the port's two rows share their line.
+    (port,) = [line for line in text.splitlines() if line.startswith("- Ascend port")]
+    assert port.startswith("- Ascend port, GPU and Ascend port, NPU: hits in the first ceil(N/128)-1")
+    assert any(line.startswith("- authors' repo, LMTCNN-2-1: ceil(N/128) test batches") for line in text.splitlines())
 
 
 def test_csv(results):

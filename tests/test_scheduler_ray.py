@@ -6,7 +6,7 @@ import json
 import pytest
 import ray
 
-from conftest import quiet_console, ray_init_local, run_config
+from conftest import quiet_console, ray_init_local, run_config, summarize
 from scheduler import rundir
 from scheduler.driver import run
 
@@ -111,7 +111,8 @@ def test_python_error_in_a_fold_is_not_retried(prepared, tmp_path):
     assert not events_of(run_dir, "fold_retrying")
 
 
-def test_a_damaged_metrics_file_is_moved_aside_and_the_fold_scored_again(prepared, tmp_path):
+@pytest.mark.matrix
+def test_a_damaged_metrics_file_is_moved_aside_and_the_fold_scored_again(prepared, tmp_path, fault_record):
     run_dir = tmp_path / "run"
     config = run_config(prepared, run_dir, [4], train={"max_steps": 4})
     assert run(config, quiet_console()) == 0
@@ -130,3 +131,6 @@ def test_a_damaged_metrics_file_is_moved_aside_and_the_fold_scored_again(prepare
     assert [e["start_step"] for e in starts] == [0, 4]  # resumed at its end: scored, not retrained
     assert not [e for e in after if e["event"] == "step_done" and e["attempt"] == 2]
     assert json.loads(metrics.read_text())["step"] == 4
+    s = summarize(str(run_dir))
+    fault_record(scenario="a torn metrics.json, then --resume", folds_finished="1/1", steps_lost=s["steps_lost"],
+                 events_lost=s["events_lost"], detect_s="at --resume")

@@ -125,3 +125,8 @@ def test_the_summary_reports_repeats_and_overlaps(authors):
     assert "repeated lines are kept" in text
     row = [line for line in text.splitlines() if line.split()[:1] == ["0"]][0].split()
     assert row[:5] == ["0", "11136", "1242", "3879", "76/0/11"]
+    assert "fall short of the lists' line counts" not in text  # nothing skipped here
+
+    # Were images skipped, the counts are of the samples kept and the summary says so.
+    skipped = dict(manifest, skipped_images={"truncated": 2})
+    assert "the counts leave out the lines of the 2 skipped images" in format_prepare_summary(skipped, out)
