@@ -1,7 +1,8 @@
 """Folds that ran on a host without the run directory: staged there, collected by the driver.
 
-The fold writes under a per-user staging root on its host, keyed by the run directory,
-so a later attempt on the same host (a retry, a resumed run) finds its checkpoints. When
+The fold writes under a per-user staging root on its host, keyed by the run directory
+and the run's identity (`rundir.run_key`), so a later attempt on the same host (a retry,
+a resumed run) finds its checkpoints and a new run at a reused path does not. When
 it finishes, the task returns the staged directory as a tar archive; the driver checks
 every member, extracts into a temporary directory beside the fold's, keeps the log lines
 of earlier attempts, swaps the result into place, and only then asks the host to delete
@@ -35,8 +36,10 @@ def staging_root():
     return root
 
 
-def stage_dir(run_dir, driver_host, fold):
-    key = hashlib.sha1(("%s:%s" % (driver_host, os.path.abspath(run_dir))).encode("utf-8")).hexdigest()[:16]
+def stage_dir(run_dir, driver_host, fold, run_key=""):
+    """Where `fold` of the run stages on this host; run_key tells apart runs that used one path."""
+    name = "%s:%s" % (driver_host, os.path.abspath(run_dir)) + (":" + run_key if run_key else "")
+    key = hashlib.sha1(name.encode("utf-8")).hexdigest()[:16]
     return os.path.join(staging_root(), key, "fold_%d" % fold)
 
 

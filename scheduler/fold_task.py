@@ -138,7 +138,7 @@ def fold_workdir(session, fold, pretend_unshared=False):
     shared = shared and not pretend_unshared
     if shared:
         return fold_dir(session["run_dir"], fold), True
-    return stage_dir(session["run_dir"], session["driver_host"], fold), False
+    return stage_dir(session["run_dir"], session["driver_host"], fold, session.get("run_key", "")), False
 
 
 class Reporter:
@@ -184,7 +184,7 @@ def _allow_cancel():
 def run_fold(config_dict, fold, attempt, session, placement, channel, fault_plan=None):
     """Train one fold attempt.
 
-    Args: session = {"run_dir", "run_id", "driver_host"} of the driver.
+    Args: session = {"run_dir", "run_id", "driver_host", "run_key"} of the driver.
     Returns: {"finished": event, "archive": tar bytes or None, "staged": path or None,
       "node_id": node}; the archive (with the staged path it came from) when this host
       does not see the run directory.

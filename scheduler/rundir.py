@@ -159,6 +159,9 @@ class EventLog:
 
     def append(self, event):
         self.backlog += (json.dumps(event, sort_keys=True) + "\n").encode("utf-8")
+        self._write()
+
+    def _write(self):
         try:
             while self.backlog:
                 written = os.write(self.fd, self.backlog)
@@ -174,7 +177,31 @@ class EventLog:
             self.on_trouble("writing %s again; no event was lost" % self.path)
 
     def close(self):
+        """Write what is still held (one last try), then close; say what could not be written."""
+        if self.fd is None:
+            return
+        if self.backlog:
+            self._write()
+        if self.backlog:
+            lines = self.backlog.count(b"\n")
+            self.on_trouble("%d events were never written to %s (the write still fails): the log lacks them"
+                            % (lines, self.path))
         os.close(self.fd)
+        self.fd = None
+
+
+def run_key(run_dir):
+    """The run's identity, given by its first session and kept by every --resume ("" for a
+    run directory from before keys). Staged folds are keyed by it, so a new run at the path
+    of a deleted one never picks up that run's staged checkpoints."""
+    for event in read_events(run_dir):
+        if event.get("event") == "run_started":
+            return event.get("run_key", "")
+    return ""
+
+
+def new_run_key():
+    return uuid.uuid4().hex
 
 
 def read_events(run_dir):

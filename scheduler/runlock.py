@@ -88,6 +88,19 @@ class RunLock:
         self.fd = None
 
 
+def _take(fd, tries=5, wait_s=0.05):
+    """The exclusive lock on `fd`, or False. A few tries: `status` and `table` look with a
+    shared lock held for an instant, which must not turn a --resume away."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if attempt + 1 < tries:
+                time.sleep(wait_s)
+    return False
+
+
 def acquire(run_dir, force=False):
     """Take the run directory's lock. Returns a RunLock whose `note` says whose record was
     taken over ("" if none). Raises UserError naming the holder when it is held, or the
@@ -98,9 +111,7 @@ def acquire(run_dir, force=False):
     except OSError as e:
         raise UserError("%s: cannot create %s (%s); choose a run directory you can write" % (
             run_dir, LOCK, e.strerror))
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    if not _take(fd):
         os.close(fd)
         holder = read_holder(run_dir)
         if holder:

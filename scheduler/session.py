@@ -24,6 +24,7 @@ from scheduler.watchdog import Heartbeat
 CHECK_EVERY_S = 2.0    # placement and stall checks (events are drained more often)
 DRAIN_WAIT_S = 10.0    # how long a final drain waits for a restarting channel
 CHANNEL_QUIET_S = 5.0  # a drain unanswered this long: the channel is away, stall checks pause
+DRIVER_AWAY_S = 10.0   # a gap this long between two turns of the driver's loop: the driver was away
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Attempt:
 
 class Session:
     def __init__(self, config, run_dir, console, live_mode, resumed, placement, request, info):
-        """info: {"run_dir", "run_id", "driver_host"}, handed to every fold task."""
+        """info: {"run_dir", "run_id", "driver_host", "run_key"}, handed to every fold task."""
         self.config, self.run_dir, self.console, self.live_mode = config, run_dir, console, live_mode
         self.placement, self.request, self.info = placement, request, info
         self.view = st.RunView()
@@ -60,6 +61,7 @@ class Session:
         self.cleanups = []  # tasks deleting collected folds' staged copies; cancelled tasks
         self.fault_plan = faults.load_plan()  # None outside the fault-matrix tests
         self.last_check = 0.0
+        self.last_turn = None  # when check() last ran (every turn of the driver's loop)
 
     # -- recording ---------------------------------------------------------------------
 
@@ -74,7 +76,7 @@ class Session:
             self.seen[key].add(event["seq"])
             attempt = self._attempt(key)
             if attempt is not None:
-                attempt.heartbeat.heard(event, time.time())
+                attempt.heartbeat.heard(event, time.monotonic())
             if event["event"] in (ev.FOLD_STOPPED, ev.FOLD_FINISHED):
                 self.active.discard(key)
             elif attempt is not None:  # a late event of an ended attempt keeps no stop waiting
@@ -122,7 +124,7 @@ class Session:
         from ray.exceptions import RayError
 
         if self.drain_ref is None:
-            self.drain_ref, self.drain_since = self.channel.drain.remote(), time.time()
+            self.drain_ref, self.drain_since = self.channel.drain.remote(), time.monotonic()
         ready, _ = ray.wait([self.drain_ref], timeout=wait_s)
         if not ready:
             return False
@@ -141,7 +143,7 @@ class Session:
             self.channel_trouble = ""
             self.notice("the progress channel answers again")
             # Quiet time while the channel was away is not the folds' own.
-            now = time.time()
+            now = time.monotonic()
             for attempt in self.pending.values():
                 if attempt.heartbeat.last is not None:
                     attempt.heartbeat.last = now
@@ -176,9 +178,11 @@ class Session:
 
     def check(self, now, force=False):
         """Every CHECK_EVERY_S: cancel stalled attempts; fail those no alive node can hold
-        after scheduler.unplaceable_timeout_s."""
+        after scheduler.unplaceable_timeout_s. `now`: time.monotonic(), once per turn of the
+        driver's loop."""
         import ray
 
+        self._forgive_driver_away(now)
         if not force and now - self.last_check < CHECK_EVERY_S:
             return
         self.last_check = now
@@ -221,6 +225,22 @@ class Session:
                     step, quiet, a.heartbeat.quiet_allowed())
                 self.emit(ev.make(st.FOLD_STALLED, fold=a.fold, attempt=a.attempt, step=step, quiet_s=round(quiet, 1)))
                 ray.cancel(ref, force=True, recursive=False)  # a hung step does not answer a polite cancel
+
+    def _forgive_driver_away(self, now):
+        """Quiet time while the driver itself was away (suspended with Ctrl-Z or by a batch
+        system, swapped out, its host asleep) is not the folds': what they sent meanwhile
+        waits undrained in the channel. Their clocks move on by the time it was gone."""
+        away = 0.0 if self.last_turn is None else now - self.last_turn
+        self.last_turn = now
+        if away < DRIVER_AWAY_S:
+            return
+        for a in self.pending.values():
+            if a.heartbeat.last is not None:
+                a.heartbeat.last += away
+            if a.unplaceable_since is not None:
+                a.unplaceable_since += away
+        if self.drain_ref is not None:
+            self.drain_since += away
 
     def collect(self, ref):
         """Handle one ended task: record success, retry what may succeed, or fail the fold."""
@@ -326,8 +346,10 @@ def task_error_reason(error):
 
 def finished_folds(run_dir, folds, notice):
     """Folds whose metrics.json exists: done in an earlier session, never run again. A
-    damaged metrics.json is moved aside (the fold then resumes from its checkpoint and is
-    evaluated again), and `notice` says so."""
+    damaged metrics.json (torn, not JSON) is moved aside (the fold then resumes from its
+    checkpoint and is evaluated again), and `notice` says so. One that cannot be read at
+    all (permissions, a filesystem error) is left alone: UserError."""
+    from lmtcnn.errors import UserError
     from lmtcnn.files import read_json
     from lmtcnn.workdir import metrics_file
 
@@ -338,9 +360,16 @@ def finished_folds(run_dir, folds, notice):
             continue
         try:
             done[fold] = read_json(path)
-        except (OSError, ValueError) as e:
+        except OSError as e:  # the file may be fine: never move a finished fold's result for this
+            raise UserError("%s: cannot read it (%s); fix its permissions or the filesystem, then resume"
+                            % (path, e.strerror or e))
+        except ValueError as e:
             aside = "%s.damaged-%d" % (path, int(time.time()))
-            os.replace(path, aside)
+            try:
+                os.replace(path, aside)
+            except OSError as moving:
+                raise UserError("%s is damaged (%s) and cannot be moved aside (%s); move it away, then resume"
+                                % (path, e, moving.strerror))
             notice("fold %d: %s is damaged (%s); moved to %s, the fold resumes from its last checkpoint"
                    % (fold, path, e, os.path.basename(aside)))
     return done

@@ -1,6 +1,7 @@
 """How long a fold attempt may stay quiet before the driver calls it stalled.
 
-Pure bookkeeping on the driver's clock (events from other hosts carry their own clocks):
+Pure bookkeeping on the driver's monotonic clock (events from other hosts carry their own
+wall clocks, and a wall clock may be stepped):
 `Heartbeat.heard(event, now)` for every event of the attempt, `quiet_allowed()` for the
 current allowance. Until the first step and during the attempt's first evaluation a
 graph may be compiling (minutes on an NPU), so the allowance is

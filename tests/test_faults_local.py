@@ -18,6 +18,7 @@ import pytest
 import ray
 
 from conftest import quiet_console, ray_init_local, run_config, summarize, write_faults
+from scheduler import rundir
 from scheduler.collect import stage_dir
 from scheduler.driver import run
 
@@ -174,9 +175,12 @@ def test_staged_folds_are_collected_and_an_unsafe_archive_refused(prepared, tmp_
     run_dir = tmp_path / "runs" / "run"
     write_faults(tmp_path, [{"fold": 0, "action": "stage"},
                             {"fold": 1, "action": "stage", "extra_member": "../escape.txt"}], monkeypatch)
-    staged = [stage_dir(str(run_dir), socket.gethostname(), k) for k in (0, 1)]
+    staged = []
     try:
         assert run(config_for(prepared, run_dir, [0, 1]), quiet_console()) == 1
+        key = rundir.run_key(str(run_dir))
+        assert len(key) == 32  # a new run's own identity
+        staged = [stage_dir(str(run_dir), socket.gethostname(), k, key) for k in (0, 1)]
         s = summarize(run_dir)
         assert s["finished"] == [0] and s["failed"] == [1]
         fold_0 = run_dir / "fold_0"
@@ -189,7 +193,8 @@ def test_staged_folds_are_collected_and_an_unsafe_archive_refused(prepared, tmp_
         assert not (run_dir / "fold_1").exists()
         assert os.path.exists(os.path.join(staged[1], "metrics.json")), "the refused fold's copy is kept"
     finally:
-        shutil.rmtree(os.path.dirname(staged[0]), ignore_errors=True)
+        if staged:
+            shutil.rmtree(os.path.dirname(staged[0]), ignore_errors=True)
     fault_record(scenario="a staged fold whose archive holds `../` members", folds_finished="1/2 (the other "
                  "failed; nothing written outside, its staged copy kept)", steps_lost=0,
                  events_lost=s["events_lost"], detect_s="at collection")

@@ -83,14 +83,16 @@ def test_fold_on_a_host_without_the_run_directory_is_staged_and_collected(tmp_pa
     run_dir = str(tmp_path / "run")
     os.makedirs(run_dir)
     record = rundir.record_driver(run_dir, rundir.make_run_id())
-    session = {"run_dir": run_dir, "run_id": record["run_id"], "driver_host": "head"}
+    session = {"run_dir": run_dir, "run_id": record["run_id"], "driver_host": "head", "run_key": "k1"}
     workdir, shared = fold_workdir(session, 2)
     assert shared and workdir == rundir.fold_dir(run_dir, 2)
 
     # Another host sees no run.json of this session: it writes to its own staging root,
     # at a path that a later attempt of the same run finds again.
     staged, shared = fold_workdir(dict(session, run_id="someone-else"), 2)
-    assert not shared and staged.startswith(tempfile.tempdir) and staged == stage_dir(run_dir, "head", 2)
+    assert not shared and staged.startswith(tempfile.tempdir) and staged == stage_dir(run_dir, "head", 2, "k1")
+    # A new run at the same path (the old one deleted) stages elsewhere: never on its checkpoints.
+    assert fold_workdir(dict(session, run_id="someone-else", run_key="k2"), 2)[0] != staged
     assert oct(os.stat(os.path.dirname(os.path.dirname(staged))).st_mode & 0o777) == oct(0o700)
     os.makedirs(os.path.join(staged, "final"))
     with open(os.path.join(staged, "final", "model.ckpt.index"), "wb") as f:

@@ -139,6 +139,9 @@ def test_signal_stops_cleanly_and_resume_runs_only_missing_folds(prepared, tmp_p
     assert open(os.path.join(run_dir, "fold_0", "metrics.json")).read() == finished_metrics
     s = summarize(run_dir)
     assert s["steps_lost"] == 0 and s["events_repeated"] == 0
+    # The resumed session kept the run's identity (staged folds are found by it).
+    keys = [e["run_key"] for e in rundir.read_events(run_dir) if e["event"] == "run_started"]
+    assert len(keys) == 2 and keys[0] == keys[1] and len(keys[0]) == 32
     fault_record(scenario="driver %s%s, then --resume" % (signal.Signals(signum).name, " (twice, to the process "
                  "group)" if signum == signal.SIGHUP else ""), folds_finished="3/3", steps_lost=s["steps_lost"],
                  events_lost=s["events_lost"], detect_s="at once (folds save and stop)")

@@ -73,3 +73,27 @@ def test_an_evaluation_that_says_no_image_count_keeps_the_training_allowance():
     beat.heard(event(ev.EVAL_DONE, split="val"), 100.0)
     beat.heard(event(ev.EVAL_STARTED, split="val"), 105.0)
     assert beat.eval_s_per_image is None and beat.quiet_allowed() == 5.0 + AUTO_MARGIN_S
+
+
+def test_time_the_driver_was_away_is_not_charged_to_the_folds(tmp_path):
+    """A driver suspended for ten minutes (Ctrl-Z, a batch system, a sleeping laptop) comes
+    back to folds whose reports wait undrained: none is called stalled for that silence,
+    and the watchdog still fires once they really go quiet."""
+    from conftest import quiet_console, run_config
+    from scheduler.session import Attempt, Session
+
+    config = run_config(str(tmp_path / "data"), tmp_path / "run", [0], scheduler={"stall_timeout_s": 60.0})
+    (tmp_path / "run").mkdir()
+    session = Session(config, str(tmp_path / "run"), quiet_console(), live_mode=False, resumed=False,
+                      placement="cpu", request={"CPU": 1}, info={})
+    beat = Heartbeat(startup_timeout_s=1800.0, stall_timeout_s=60.0)
+    session.pending["a task"] = Attempt(0, 1, beat)
+    beat.heard(event(ev.STEP_DONE), 1000.0)
+    session.check(1001.0)
+    session.check(1001.0 + 600.0)  # the driver's next turn, ten minutes on: the loop was suspended
+    assert session.pending["a task"].ended_by_driver == "" and beat.last == 1600.0
+    # The folds' own silence still counts from there, turn by turn.
+    for now in range(1602, 1660, 2):
+        session.check(float(now))
+    assert beat.stalled(1661.0) == 61.0
+    session.log.close()
