@@ -1,7 +1,7 @@
 """Folds that ran on a host without the run directory: staged there, collected by the driver.
 
 The fold writes under a per-user staging root on its host, keyed by the run directory
-and the run's identity (`rundir.run_key`), so a later attempt on the same host (a retry,
+and the run's identity (`rundir.new_run_key`), so a later attempt on the same host (a retry,
 a resumed run) finds its checkpoints and a new run at a reused path does not. When
 it finishes, the task returns the staged directory as a tar archive; the driver checks
 every member, extracts into a temporary directory beside the fold's, keeps the log lines

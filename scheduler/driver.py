@@ -197,13 +197,12 @@ def _drive(config, console, run_dir, resumed, live_mode, placement, request, whe
         rundir.record_driver(run_dir, run_id)
     except OSError as e:
         raise UserError("%s: cannot write %s (%s)" % (run_dir, rundir.RUN_RECORD, e.strerror))
-    key = rundir.run_key(run_dir) if resumed else rundir.new_run_key()
-    info = {"run_dir": run_dir, "run_id": run_id, "driver_host": socket.gethostname(), "run_key": key}
+    info = {"run_dir": run_dir, "run_id": run_id, "driver_host": socket.gethostname()}
     session = Session(config, run_dir, console, live_mode, resumed, placement, request, info)
     folds = config.scheduler.folds
     session.emit(ev.make(st.RUN_STARTED, name=config.name, run_dir=run_dir, folds=folds,
                          placement="%s %s" % (placement, pl.format_request(request)), where=where,
-                         resumed=resumed, data=describe_data(config), run_key=key))
+                         resumed=resumed, data=describe_data(config), run_key=session.info["run_key"]))
     if node_count > 1:
         session.notice("%d nodes: keep the run directory on a filesystem every host mounts at the same path, or "
                        "checkpoints die with their host" % node_count)

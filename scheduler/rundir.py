@@ -190,17 +190,10 @@ class EventLog:
         self.fd = None
 
 
-def run_key(run_dir):
-    """The run's identity, given by its first session and kept by every --resume ("" for a
-    run directory from before keys). Staged folds are keyed by it, so a new run at the path
-    of a deleted one never picks up that run's staged checkpoints."""
-    for event in read_events(run_dir):
-        if event.get("event") == "run_started":
-            return event.get("run_key", "")
-    return ""
-
-
 def new_run_key():
+    """A run's identity, given by its first session and kept by every --resume: staged folds
+    are keyed by it, so a new run at the path of a deleted one never picks up that run's
+    staged checkpoints."""
     return uuid.uuid4().hex
 
 

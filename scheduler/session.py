@@ -39,13 +39,16 @@ class Attempt:
 
 class Session:
     def __init__(self, config, run_dir, console, live_mode, resumed, placement, request, info):
-        """info: {"run_dir", "run_id", "driver_host", "run_key"}, handed to every fold task."""
+        """info: {"run_dir", "run_id", "driver_host"}, handed to every fold task with the
+        run's identity added as "run_key": the one its first session gave, or a new one."""
         self.config, self.run_dir, self.console, self.live_mode = config, run_dir, console, live_mode
         self.placement, self.request, self.info = placement, request, info
         self.view = st.RunView()
         if resumed:
             for event in rundir.read_events(run_dir):
                 st.apply(self.view, event)
+        key = self.view.run_key if self.view.run_key is not None else rundir.new_run_key()
+        self.info = dict(info, run_key=key)
         self.log = rundir.EventLog(run_dir, on_trouble=self._trouble)
         self.channel = None
         self.pending = {}  # ObjectRef -> Attempt

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 from lmtcnn import events as ev
 
 # Events the driver itself adds to the trainer's vocabulary.
-RUN_STARTED = "run_started"          # run_dir, folds, placement, where, resumed, data
+RUN_STARTED = "run_started"          # run_dir, folds, placement, where, resumed, data, run_key
 FOLD_QUEUED = "fold_queued"          # fold, attempt
 FOLD_RETRYING = "fold_retrying"      # fold, attempt (the next one), reason
 FOLD_STALLED = "fold_stalled"        # fold, attempt, step, quiet_s (cancelled; a retry or failure follows)
@@ -50,6 +50,7 @@ class RunView:
     started_at: Optional[float] = None
     ended: str = ""  # "", "finished", "interrupted"
     data: dict = field(default_factory=dict)  # dir, synthetic, split: what the folds train on
+    run_key: Optional[str] = None  # the run's identity, from its first session ("": before keys)
     folds: Dict[int, FoldView] = field(default_factory=dict)
     notices: List[str] = field(default_factory=list)
 
@@ -61,6 +62,8 @@ def apply(view, event):
         view.name, view.run_dir = event.get("name", view.name), event.get("run_dir", view.run_dir)
         view.started_at = event["time"]  # elapsed counts this session, not downtime between
         view.data = event.get("data", view.data)
+        if view.run_key is None:
+            view.run_key = event.get("run_key", "")
         view.ended = ""
         for k in event["folds"]:
             fold = view.folds.setdefault(k, FoldView(k))

@@ -56,7 +56,7 @@ def test_each_published_row_has_its_config(name):
     for key, value in recipe.items():
         assert reduce(getattr, key.split("."), config) == value, key
     header = open(path).read().split("\nname:")[0]  # the comment above the keys
-    means = {source: mean for source, _, mean in REFERENCE_ROWS}
+    means = {source: mean for source, _, mean, _ in REFERENCE_ROWS}
     for row in rows:
         assert '"%s"' % row in header
         assert "%.2f/%.2f/%.2f" % means[row] in header

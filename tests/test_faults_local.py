@@ -178,7 +178,7 @@ def test_staged_folds_are_collected_and_an_unsafe_archive_refused(prepared, tmp_
     staged = []
     try:
         assert run(config_for(prepared, run_dir, [0, 1]), quiet_console()) == 1
-        key = rundir.run_key(str(run_dir))
+        key = [e for e in rundir.read_events(str(run_dir)) if e["event"] == "run_started"][0]["run_key"]
         assert len(key) == 32  # a new run's own identity
         staged = [stage_dir(str(run_dir), socket.gethostname(), k, key) for k in (0, 1)]
         s = summarize(run_dir)

@@ -248,3 +248,33 @@ def test_the_recipe_of_the_folds_is_stated():
         squeezed = " ".join(text.split())
         assert "training augmentation: none" in squeezed.lower()
         assert "test-time batch norm: test-batch statistics (batches of 128" in squeezed.lower()
+
+
+# Test lines of the authors' lists per fold (tests/test_split_lists.py builds them).
+TEST_IMAGES = (3879, 3005, 3121, 2866, 3387)
+
+
+def rescaled(row):
+    """A published port row on the images its evaluation scored: hits over
+    (ceil(N/128)-1)x128 images rather than ceil(N/128)x128; per fold, then the mean."""
+    import math
+
+    folds = []
+    for n, triple in zip(TEST_IMAGES, row):
+        batches = math.ceil(n / 128)
+        folds.append(tuple(round(v * batches / (batches - 1), 2) for v in triple))
+    mean = tuple(round(sum(f[i] for f in folds) / 5, 2) for i in range(3))
+    return folds, mean
+
+
+def test_the_rescaled_port_rows_in_the_docs_follow_from_the_published_ones():
+    from conftest import ROOT
+
+    docs = {name: open(os.path.join(ROOT, name), encoding="utf-8").read()
+            for name in ("docs/REFERENCE.md", "README.md", "configs/cv5.yaml")}
+    for source in ("Ascend port, GPU", "Ascend port, NPU"):
+        folds, mean = rescaled(PUBLISHED_FOLDS[source])
+        line = "| %s, on the images scored | %s | %s |" % (
+            source, " | ".join("%.2f/%.2f/%.2f" % f for f in folds), "%.2f/%.2f/%.2f" % mean)
+        assert line in docs["docs/REFERENCE.md"], line
+        assert "%.2f/%.2f/%.2f" % mean in docs["README.md"] and "%.2f/%.2f/%.2f" % mean in docs["configs/cv5.yaml"]
