@@ -18,12 +18,15 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test test-faults bench clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "no Python 3.7 or 3.10+ found; run make PYTHON=/path/to/python3.7 ..."; exit 2; }
 	@"$(PYTHON)" -c '$(LANE_OK)' || { echo "$(PYTHON) is neither Python 3.7 (tf1 lane) nor 3.10+ (tf2 lane)"; exit 2; }
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; "$(PYTHON)" -m venv $(VENV_ARGS) $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@# Editable: `python -m scheduler` / `python -m lmtcnn` from any directory, Ray workers
+	@# of this environment included, and the checkout's edits take effect at once.
+	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
 
 demo: $(VENV)/.installed

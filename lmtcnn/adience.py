@@ -136,7 +136,7 @@ def read_split_lists(split_dir):
     repeated = {k: collections.Counter() for k in range(NUM_FOLDS)}
     for k in range(NUM_FOLDS):
         for role in ROLES:
-            path = os.path.join(split_dir, "test_fold_is_%d" % k, "agegender_%s.txt" % role)
+            path = split_list_path(split_dir, k, role)
             if not os.path.isfile(path):
                 raise UserError("%s: split list missing; --split-lists must hold "
                                 "test_fold_is_0..4/agegender_{train,val,test}.txt" % path)
@@ -176,8 +176,12 @@ def write_split_lists(out_dir, faces, roles):
     for k in range(NUM_FOLDS):
         for role in ROLES:
             lines = ["%s %d %d\n" % (f.name, f.age, f.gender) * roles[f.name][k].count(role) for f in faces]
-            write_text_atomic(os.path.join(out_dir, "test_fold_is_%d" % k, "agegender_%s.txt" % role),
-                              "".join(lines))
+            write_text_atomic(split_list_path(out_dir, k, role), "".join(lines))
+
+
+def split_list_path(lists_dir, fold, role):
+    """The list of `role` in test fold `fold`, in the authors' layout."""
+    return os.path.join(lists_dir, "test_fold_is_%d" % fold, "agegender_%s.txt" % role)
 
 
 ROLE_LETTERS = (("test", "T"), ("train", "R"), ("val", "V"))

@@ -9,6 +9,7 @@ sets differ per fold; a few hundred groups) without five copies of the data.
 """
 
 import collections
+import hashlib
 import multiprocessing
 import os
 import random
@@ -21,6 +22,7 @@ from lmtcnn.files import read_json, write_json_atomic, write_text_atomic
 from lmtcnn.synth import MARKER
 
 MANIFEST = "manifest.json"
+LISTS = "lists"  # the split lists prepare writes, in the authors' format
 STORED_SIZE = 256  # pixels; the authors' records hold 256x256 JPEGs at quality 100
 JPEG_QUALITY = 100
 FEATURE_KEYS = ("image/encoded", "image/filename", "image/ageclass/label",
@@ -69,8 +71,11 @@ def prepare(adience_dir, out_dir, image_set="aligned", workers=None, split_lists
     if not kept:
         raise UserError("%s: none of the %d labelled images could be read; see %s"
                         % (adience_dir, len(faces), os.path.join(out_dir, "skipped.txt")))
-    adience.write_split_lists(os.path.join(out_dir, "lists"), kept, roles)
+    lists_dir = os.path.join(out_dir, LISTS)
+    adience.write_split_lists(lists_dir, kept, roles)
     manifest = _manifest(kept, roles, written, dropped, skipped, image_set, split_lists, seed, list_stats)
+    for k, entry in manifest["folds"].items():
+        entry["test"]["fingerprint"] = list_fingerprint(adience.split_list_path(lists_dir, int(k), "test"))
     manifest["synthetic"] = os.path.isfile(os.path.join(adience_dir, MARKER))
     write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
     return manifest
@@ -192,6 +197,30 @@ def load_manifest(data_dir):
         raise UserError("%s: no prepared data (manifest.json missing); run "
                         "`python -m lmtcnn prepare --adience-dir DIR --out %s`" % (data_dir, data_dir))
     return read_json(path)
+
+
+def list_fingerprint(path):
+    """"sha256:<hex>" of the samples a split list names, or None when there is no such list.
+
+    A sample is its list line, `<image> <age> <gender>` (image name and labels, not the
+    pixels: the aligned and the unaligned image set score the same samples). The lines
+    are hashed sorted, so the same samples listed in another order match; a repeated
+    line, scored twice, counts twice."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, "r", encoding="utf-8") as f:
+        samples = sorted(" ".join(line.split()) for line in f if line.strip())
+    return "sha256:" + hashlib.sha256("\n".join(samples).encode("utf-8")).hexdigest()
+
+
+def fold_test_fingerprint(data_dir, fold, manifest):
+    """The fingerprint of test fold `fold`'s test set: as prepare recorded it, or for data
+    prepared before fingerprints were recorded, computed from its test list (None when
+    that list is gone too)."""
+    recorded = manifest["folds"][str(fold)]["test"].get("fingerprint")
+    if recorded:
+        return recorded
+    return list_fingerprint(adience.split_list_path(os.path.join(data_dir, LISTS), fold, "test"))
 
 
 def split_files(data_dir, fold, role):

@@ -19,7 +19,7 @@ from lmtcnn.evaluate import batch_norm_label, evaluate_split, find_checkpoint
 from lmtcnn.files import write_json_atomic
 from lmtcnn.graph import build_training_graph
 from lmtcnn.input_pipeline import find_corrupt_record
-from lmtcnn.prepare import check_fold_data, load_manifest, split_files
+from lmtcnn.prepare import check_fold_data, fold_test_fingerprint, load_manifest, split_files
 from lmtcnn.tfcompat import VERSION, tf
 
 
@@ -100,7 +100,9 @@ def _train(config, fold, workdir, report, stop_requested, started):
             writer.close()
     metrics.update(step=int(step), wall_s=round(time.time() - started, 1), device=device,
                    batch_norm=batch_norm_label(config.eval), augment=config.train.augment,
-                   model_type=config.model.type)
+                   model_type=config.model.type,
+                   # What this fold was scored on: runs compare only on the same test sets.
+                   test_fingerprint=fold_test_fingerprint(config.data.data_dir, fold, manifest))
     write_json_atomic(layout.metrics_file(workdir), metrics)
     report(events.make(events.FOLD_FINISHED, step=int(step), metrics=metrics, wall_s=metrics["wall_s"]))
     return metrics

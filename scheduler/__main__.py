@@ -1,10 +1,11 @@
-"""`python -m scheduler {run,table,status}`: LMTCNN's five folds on Ray."""
+"""`python -m scheduler {run,table,status,report,compare,list}`: LMTCNN's five folds on Ray."""
 
 import argparse
 import os
 import sys
 
 from lmtcnn.errors import UserError
+from scheduler.rundir import replay
 
 
 def main(argv=None):
@@ -24,13 +25,32 @@ def main(argv=None):
     p.add_argument("--run-dir", help="run directory (default runs/<name>-<time>)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.add_argument("--no-dashboard", action="store_true", help="plain progress lines instead of the live view")
+    p.add_argument("--no-report", action="store_true", help="skip RUN_DIR/report/ at the end (figures and "
+                                                            "report.html; `scheduler report` makes it later)")
     p.add_argument("--force", action="store_true", help="take over the run directory from a driver on another "
                                                         "host that is gone (its driver.lock)")
 
     for name, text in (("table", "print a run's per-fold accuracy table"),
+                       ("report", "write RUN_DIR/report/: training curves, accuracy, age confusion and timeline "
+                                  "figures and one self-contained report.html (also for unfinished runs)"),
                        ("status", "tell each fold's state in a finished, running or interrupted run")):
         p = commands.add_parser(name, help=text)
         p.add_argument("run_dir", metavar="RUN_DIR")
+
+    from scheduler.results import METRIC_COLUMNS
+
+    p = commands.add_parser("compare", help="compare runs fold by fold: differences, 95%% interval, paired t-test "
+                                            "and Wilcoxon; three runs or more: each against the first")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--metric", action="append", choices=[key for key, _ in METRIC_COLUMNS],
+                   help="compare only this metric (repeatable; default all)")
+    p.add_argument("--format", choices=("md", "csv", "json"), help="write this format to stdout instead of tables")
+    p.add_argument("--unchecked", action="store_true", help="compare also folds whose test set cannot be checked "
+                                                            "(runs from before test-set fingerprints)")
+    p = commands.add_parser("list", help="the runs below a directory, newest first: state, folds done, mean "
+                                         "accuracy, model")
+    p.add_argument("runs_dir", nargs="?", default="runs", metavar="RUNS_DIR", help="default: runs")
+    p.add_argument("--format", choices=("md", "csv", "json"), help="write this format to stdout instead of a table")
 
     args = parser.parse_args(argv)
     from rich.console import Console
@@ -111,22 +131,7 @@ def run_command(args, console):
 
     live = console.is_terminal and not args.no_dashboard
     return run(config, console, resume_dir=os.path.abspath(args.resume) if args.resume else None,
-               live=live, dry_run=args.dry_run, force=args.force)
-
-
-def replay(run_dir):
-    """(view of the run from its events.jsonl, whether its driver still runs: True, False,
-    or None when it runs on another host as far as its lock tells)."""
-    from scheduler import state as st
-    from scheduler.rundir import driver_alive, read_events
-
-    view = st.RunView()
-    for event in read_events(run_dir):
-        st.apply(view, event)
-    alive = driver_alive(run_dir)
-    if alive is False:
-        st.mark_interrupted(view)
-    return view, alive
+               live=live, dry_run=args.dry_run, force=args.force, report=not args.no_report)
 
 
 def table_command(args, console):
@@ -138,11 +143,8 @@ def table_command(args, console):
 
 
 def status_command(args, console):
-    from rich.table import Table
-
-    from scheduler.dashboard import format_duration
-
     from scheduler import runlock
+    from scheduler.dashboard import status_table
 
     view, alive = replay(args.run_dir)
     if alive is None:
@@ -150,24 +152,39 @@ def status_command(args, console):
             runlock.read_holder(args.run_dir))
     else:
         run_state = "running" if alive else (view.ended or "interrupted (driver gone)")
-    table = Table(title="%s: %s" % (args.run_dir, run_state), title_justify="left")
-    for column in ("fold", "state", "attempts", "host:device", "step", "note"):
-        table.add_column(column, no_wrap=True)
-    for k in sorted(view.folds):
-        f = view.folds[k]
-        note = f.reason
-        if f.state == "done" and f.metrics:
-            note = "age top-1 %.2f%%, gender %.2f%%, %s" % (100 * f.metrics["age_top1"], 100 * f.metrics["gender"],
-                                                          format_duration(f.wall_s))
-        table.add_row(str(k), f.state, str(f.attempt), "%s:%s" % (f.host, f.device) if f.host else "-",
-                      "%d/%d" % (f.step, f.total_steps) if f.total_steps else str(f.step), note)
-    console.print(table)
+    console.print(status_table(view, "%s: %s" % (args.run_dir, run_state)))
     if alive is False and any(f.state not in ("done",) for f in view.folds.values()):
         console.print("resume with: python -m scheduler run --resume %s" % args.run_dir, highlight=False)
     return 0
 
 
-COMMANDS = {"run": run_command, "table": table_command, "status": status_command}
+def compare_command(args, console):
+    from scheduler.compare import compare_command as compare
+
+    return compare(args, console)
+
+
+def list_command(args, console):
+    from scheduler.runs import list_command as list_runs
+
+    return list_runs(args, console)
+
+
+def report_command(args, console):
+    from scheduler.report import write_report
+
+    view, alive = replay(args.run_dir)
+    try:
+        path = write_report(args.run_dir, view, alive)
+    except OSError as e:
+        raise UserError("%s: cannot write the report there (%s); free space or fix the permissions of %s" % (
+            e.filename or args.run_dir, e.strerror or e, args.run_dir))
+    console.print("report: %s" % path, highlight=False, soft_wrap=True)
+    return 0
+
+
+COMMANDS = {"run": run_command, "report": report_command, "table": table_command, "status": status_command,
+            "compare": compare_command, "list": list_command}
 
 if __name__ == "__main__":
     sys.exit(main())

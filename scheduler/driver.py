@@ -90,7 +90,7 @@ def ray_version():
     return tuple(int(x) for x in ray.__version__.split(".")[:2])
 
 
-def run(config, console, resume_dir=None, live=False, dry_run=False, force=False):
+def run(config, console, resume_dir=None, live=False, dry_run=False, force=False, report=True):
     """Run (or resume) the configured folds. Returns the process exit status.
 
     force: take over the run directory's lock from a driver on another host that is gone.
@@ -131,7 +131,8 @@ def run(config, console, resume_dir=None, live=False, dry_run=False, force=False
             if lock.note:
                 console.print("%s: %s" % (run_dir, lock.note), highlight=False, soft_wrap=True)
             started = True
-            return _drive(config, console, run_dir, bool(resume_dir), live, placement, request, where, len(nodes))
+            return _drive(config, console, run_dir, bool(resume_dir), live, placement, request, where, len(nodes),
+                          report)
         finally:
             if started_ray:
                 ray.shutdown()
@@ -189,7 +190,7 @@ class StopRequest:
             signal.signal(signum, previous)
 
 
-def _drive(config, console, run_dir, resumed, live_mode, placement, request, where, node_count):
+def _drive(config, console, run_dir, resumed, live_mode, placement, request, where, node_count, report):
     from scheduler.channel import start_channel
 
     run_id = rundir.make_run_id()
@@ -263,6 +264,8 @@ def _drive(config, console, run_dir, resumed, live_mode, placement, request, whe
                       "again once there is room" % (run_dir, e.strerror, run_dir)
     console.print(to_table(results))
     console.print(written, highlight=False, soft_wrap=True)
+    if report:
+        console.print(_write_report(run_dir, session.view), highlight=False, soft_wrap=True)
     if outcome == "interrupted":
         console.print("interrupted; resume with: python -m scheduler run --resume %s" % run_dir, highlight=False,
                       soft_wrap=True)
@@ -270,13 +273,29 @@ def _drive(config, console, run_dir, resumed, live_mode, placement, request, whe
     return 0 if all(row["state"] == "done" for row in results["folds"]) else 1
 
 
-def describe_data(config):
-    """What the folds train on, for the results: real Adience or synthetic faces."""
-    from lmtcnn.prepare import load_manifest
+def _write_report(run_dir, view):
+    """The report of the run that just ended, as one line to print. Never fails the run:
+    the report is derived from files already written and `scheduler report` remakes it."""
+    from scheduler.report import write_report
 
-    manifest = load_manifest(config.data.data_dir)
-    return {"dir": config.data.data_dir, "split": manifest["split"]["source"],
-            "synthetic": bool(manifest.get("synthetic") or config.data.synthetic_per_fold)}
+    try:
+        return "report: %s" % write_report(run_dir, view, alive=False)
+    except Exception as e:  # a figure's bug, a full disk: the results are safe either way
+        return "report not written (%s: %s); make it with: python -m scheduler report %s" % (
+            type(e).__name__, e, run_dir)
+
+
+def describe_data(config):
+    """What the folds train on, for the results: real Adience or synthetic faces, and each
+    fold's test set (its fingerprint; what `scheduler compare` checks)."""
+    from lmtcnn.prepare import fold_test_fingerprint, load_manifest
+
+    data_dir = config.data.data_dir
+    manifest = load_manifest(data_dir)
+    return {"dir": data_dir, "split": manifest["split"]["source"],
+            "synthetic": bool(manifest.get("synthetic") or config.data.synthetic_per_fold),
+            "test_fingerprints": {k: fold_test_fingerprint(data_dir, int(k), manifest)
+                                  for k in sorted(manifest["folds"])}}
 
 
 def _watch(session, live, stop):

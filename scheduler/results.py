@@ -10,9 +10,12 @@ import csv
 import io
 import math
 
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from lmtcnn.files import write_json_atomic, write_text_atomic
+from scheduler.widths import Fitted, add_column
 
 METRIC_COLUMNS = (("age_top1", "age top-1"), ("age_top2", "age top-2"), ("age_one_off", "age 1-off"),
                   ("gender", "gender"))
@@ -159,43 +162,100 @@ def to_csv(results):
     return out.getvalue()
 
 
-def _triple(row):
-    return "%.2f/%.2f/%.2f" % (row["age_top1"], row["age_top2"], row["gender"])
+# The per-fold table's header when the full one does not fit: "age" moves into the title.
+SHORT_HEADER = ["fold"] + [label.replace("age ", "") for _, label in METRIC_COLUMNS] + ["steps", "device", "wall"]
+# The numbers laid beside the published ones, which report these three.
+BESIDE_METRICS = ("age_top1", "age_top2", "gender")
+SOURCE_WIDTH = 14  # the source column of the published results with folds as columns; names wrap
 
 
 def to_table(results):
-    """Rich tables: one row per fold, mean and std; then, on real data, the published
-    results fold by fold beside them."""
-    from rich.console import Group
-    from rich.text import Text
+    """Rich tables, numbers never cut, in the width they are printed at: one row per fold,
+    mean and std; then, on real data, the published results fold by fold beside them.
+    Narrower, the per-fold headers shorten, then device and wall time move under the
+    table; the published results turn folds into columns, each cell's numbers stacked."""
+    short_title = "%s: age (top-1, top-2, 1-off) and gender accuracy per test fold (%%)" % results["name"]
+    per_fold = Fitted([_fold_table(results, HEADER, "%s: accuracy per test fold (%%)" % results["name"])],
+                      [_fold_table(results, SHORT_HEADER, short_title)],
+                      [_fold_table(results, SHORT_HEADER[:-2], short_title)] + _where_lines(results))
+    if not results["reference"]:
+        return Group(per_fold, Text(recipe_line(results)), Text(reference_note(results)))
+    caption = "\n".join([recipe_line(results) + " (this run, every test image once)"] + scoring_lines(results))
+    return Group(per_fold, Fitted([_beside_by_fold(results, caption)], [_beside_by_source(results, caption)]))
 
-    table = Table(title="%s: accuracy per test fold (%%)" % results["name"], title_justify="left")
-    for i, name in enumerate(HEADER):
-        table.add_column(name, justify="left" if i in (0, len(HEADER) - 2) else "right", no_wrap=True)
+
+def _fold_table(results, header, title):
+    """One row per fold, then mean and std, in the first len(header) columns of HEADER."""
+    table = Table(title=title, title_justify="left")
+    for i, name in enumerate(header):
+        add_column(table, name, justify="left" if i in (0, len(HEADER) - 2) else "right")
+    n = len(header)
     for row in results["folds"]:
-        table.add_row(str(row["fold"]), *_cells(row), style="" if row["state"] == "done" else "red")
+        table.add_row(*([str(row["fold"])] + _cells(row))[:n], style="" if row["state"] == "done" else "red")
     mean, std = _summary_cells(results)
     table.add_section()
-    table.add_row(*mean, style="bold")
-    table.add_row(*std)
-    if not results["reference"]:
-        return Group(table, Text(recipe_line(results)), Text(reference_note(results)))
-    # Fold by fold beside the published runs: age top-1 / age top-2 / gender, %.
-    caption = "\n".join([recipe_line(results) + " (this run, every test image once)"] + scoring_lines(results))
-    published = Table(title="beside the published results (age top-1/top-2/gender %%, %s)" % REFERENCE_DOC,
-                      title_justify="left", caption=caption, caption_justify="left")
-    sources = [("this run", None)] + [(source, folds) for source, folds, _, _ in REFERENCE_ROWS]
-    published.add_column("fold", no_wrap=True)
-    for source, _ in sources:
-        published.add_column(source, justify="right")
+    table.add_row(*mean[:n], style="bold")
+    table.add_row(*std[:n])
+    return table
+
+
+def _where_lines(results):
+    """The device and wall time columns as lines under a table without them:
+    "fold 0: vm:NPU0, 1834 s"."""
+    lines = []
+    for row in results["folds"]:
+        where = [cell for cell in _cells(row)[-2:] if cell]
+        if where:
+            lines.append(Text("fold %d: %s" % (row["fold"], ", ".join(where))))
+    return lines
+
+
+def _beside(results):
+    """[(source, cells of folds 0-4, cells of the mean)] for this run and each published
+    row; a fold's cells are its BESIDE_METRICS in %, or the state of a fold of this run
+    that did not finish."""
     ours = {row["fold"]: row for row in results["folds"]}
-    for k in range(5):
-        mine = ours.get(k)
-        cells = [_triple(mine) if mine and mine["state"] == "done" else (mine["state"] if mine else "")]
-        cells += ["%.2f/%.2f/%.2f" % folds[k] if folds else "" for _, folds in sources[1:]]
-        published.add_row(str(k), *cells)
+
+    def our_fold(k):
+        row = ours.get(k)
+        if row is None:
+            return []
+        return ["%.2f" % row[key] for key in BESIDE_METRICS] if row["state"] == "done" else [row["state"]]
+
     summary = results["summary"]
-    mean = "/".join("%.2f" % summary[k]["mean"] for k in ("age_top1", "age_top2", "gender")) if summary else "-"
-    published.add_section()
-    published.add_row("mean", mean, *("%.2f/%.2f/%.2f" % m for _, _, m, _ in REFERENCE_ROWS), style="bold")
-    return Group(table, published)
+    rows = [("this run", [our_fold(k) for k in range(5)],
+             ["%.2f" % summary[key]["mean"] for key in BESIDE_METRICS] if summary else ["-"])]
+    for ref in results["reference"]:
+        folds = [["%.2f" % v for v in fold] for fold in ref["folds"]] if ref["folds"] else [[]] * 5
+        rows.append((ref["source"], folds, ["%.2f" % v for v in ref["mean"]]))
+    return rows
+
+
+def _beside_by_fold(results, caption):
+    """Folds as rows, one column per source, a cell "top-1/top-2/gender"."""
+    table = Table(title="beside the published results (age top-1/top-2/gender %%, %s)" % REFERENCE_DOC,
+                  title_justify="left", caption=caption, caption_justify="left")
+    columns = [(source, ["/".join(cells) for cells in folds + [mean]]) for source, folds, mean in _beside(results)]
+    add_column(table, "fold")
+    for source, cells in columns:
+        # A long source name wraps within the numbers' width rather than widening its column.
+        add_column(table, source, justify="right", max_width=max(len(cell) for cell in cells))
+    for k in range(5):
+        table.add_row(str(k), *[cells[k] for _, cells in columns])
+    table.add_section()
+    table.add_row("mean", *[cells[5] for _, cells in columns], style="bold")
+    return table
+
+
+def _beside_by_source(results, caption):
+    """Sources as rows, folds as columns, each cell's top-1, top-2 and gender stacked."""
+    table = Table(title="beside the published results: each cell age top-1, age top-2, gender (%%, %s)"
+                        % REFERENCE_DOC, title_justify="left", caption=caption, caption_justify="left",
+                  show_lines=True)
+    add_column(table, "source", max_width=SOURCE_WIDTH)
+    for k in range(5):
+        add_column(table, "fold %d" % k, justify="right")
+    add_column(table, "mean", justify="right", style="bold")
+    for source, folds, mean in _beside(results):
+        table.add_row(source, *["\n".join(cells) for cells in folds + [mean]])
+    return table

@@ -197,13 +197,29 @@ def new_run_key():
     return uuid.uuid4().hex
 
 
+def replay(run_dir):
+    """(view of the run from its events.jsonl, whether its driver still runs: True, False,
+    or None when it runs on another host as far as its lock tells). A run whose driver is
+    gone has its unfinished folds marked interrupted."""
+    from scheduler import state as st
+
+    view = st.RunView()
+    for event in read_events(run_dir):
+        st.apply(view, event)
+    alive = driver_alive(run_dir)
+    if alive is False:
+        st.mark_interrupted(view)
+    return view, alive
+
+
 def read_events(run_dir):
-    """Every event of the run, in order; a torn last line (a killed driver) is skipped."""
+    """Every event of the run, in order; a torn last line (a killed driver) or a damaged
+    one (bytes that are no UTF-8 decode to U+FFFD, which JSON refuses) is skipped."""
     path = os.path.join(run_dir, EVENTS)
     if not os.path.isfile(path):
         raise UserError("%s: not a run directory (no %s); pass a directory under runs/" % (run_dir, EVENTS))
     out = []
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 out.append(json.loads(line))

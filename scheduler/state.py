@@ -48,8 +48,9 @@ class RunView:
     name: str = ""
     run_dir: str = ""
     started_at: Optional[float] = None
+    first_started_at: Optional[float] = None  # the run's first session: when the run began
     ended: str = ""  # "", "finished", "interrupted"
-    data: dict = field(default_factory=dict)  # dir, synthetic, split: what the folds train on
+    data: dict = field(default_factory=dict)  # dir, synthetic, split, test_fingerprints: what the folds train on
     run_key: Optional[str] = None  # the run's identity, from its first session ("": before keys)
     folds: Dict[int, FoldView] = field(default_factory=dict)
     notices: List[str] = field(default_factory=list)
@@ -61,6 +62,8 @@ def apply(view, event):
     if kind == RUN_STARTED:
         view.name, view.run_dir = event.get("name", view.name), event.get("run_dir", view.run_dir)
         view.started_at = event["time"]  # elapsed counts this session, not downtime between
+        if view.first_started_at is None:
+            view.first_started_at = event["time"]
         view.data = event.get("data", view.data)
         if view.run_key is None:
             view.run_key = event.get("run_key", "")

@@ -191,3 +191,12 @@ def fault_record(request):
                 f.write(json.dumps(dict(test=request.node.nodeid, **figures), sort_keys=True) + "\n")
 
     return record
+
+
+@pytest.fixture(scope="session")
+def cv_runs(prepared, tmp_path_factory):
+    """Real run directories, "finished", "failed" (one fold failed) and "interrupted"
+    (Ctrl-C mid-run): see tests/cv_runs.py. Made once; tests must not change them."""
+    from cv_runs import make_cv_runs
+
+    return make_cv_runs(prepared, str(tmp_path_factory.mktemp("cv_runs")))

@@ -1,16 +1,23 @@
-"""The dashboard is a pure function of the events received so far and the clock.
+"""The dashboard is a pure function of the events received so far, the clock and the
+size it is drawn at.
 
 A scripted run of five folds (one finished, one failed, one retried on another device,
 one queued, one running) goes through `state.apply`, then `dashboard.render` draws it
-into a plain-text console with a fixed `now`; no Ray, TensorFlow or disk is involved.
+into a plain-text console of a fixed size with a fixed `now`; no Ray, TensorFlow or disk
+is involved. At every width from 60 columns up no cell is cut, and a run with more folds
+than rows keeps to the console's height.
 """
 
 import io
+import itertools
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
+from rich.cells import cell_len
 from rich.console import Console
+from rich.live import Live
 
 from conftest import ROOT
 from lmtcnn import events as ev
@@ -95,27 +102,32 @@ def build_view(events):
     return view
 
 
-def draw(view, now=NOW):
-    console = Console(file=io.StringIO(), width=140, color_system=None, force_terminal=False)
+def draw(view, now=NOW, width=140, height=40):
+    """The view as a console of `width` x `height` cells shows it, as plain text."""
+    console = Console(file=io.StringIO(), width=width, height=height, color_system=None, force_terminal=False)
     console.print(dashboard.render(view, now))
     return console.file.getvalue()
 
 
+def split_cells(line, rule):
+    return [c.strip() for c in line.strip().strip(rule).split(rule)]
+
+
 def rows(text):
-    """{fold: [cells]} from the drawn table's body rows."""
-    out = {}
+    """{fold: {column header: cell}} from the drawn table's header and body rows."""
+    out, header = {}, None
     for line in text.splitlines():
-        if line.startswith("│"):
-            cells = [c.strip() for c in line.strip().strip("│").split("│")]
-            out[int(cells[0])] = cells
+        if line.startswith("┃"):
+            header = split_cells(line, "┃")
+        elif line.startswith("│"):
+            cells = split_cells(line, "│")
+            assert len(cells) == len(header), text
+            out[int(cells[0])] = dict(zip(header, cells))
     return out
 
 
-COLUMNS = ("fold", "state", "host:device", "progress", "loss", "lr", "img/s", "ETA", "last eval", "try")
-
-
-def cell(row, column):
-    return row[COLUMNS.index(column)]
+EVAL = "eval % (top-1/top-2/gender)"
+COLUMNS = ["fold", "state", "host:device", "progress", "loss", "lr", "img/s", "ETA", EVAL, "try"]
 
 
 @pytest.fixture
@@ -126,7 +138,7 @@ def text():
 def test_one_row_per_fold_with_state_device_progress_and_attempt(text):
     table = rows(text)
     assert sorted(table) == [0, 1, 2, 3, 4]
-    assert all(len(r) == len(COLUMNS) for r in table.values()), text
+    assert all(list(r) == COLUMNS for r in table.values()), text
     expected = {  # fold: (state, host:device, step/total, try)
         0: ("done", "vm:NPU0", "1000/1000", "1"),
         1: ("failed", "vm:NPU1", "300/1000", "1"),
@@ -136,31 +148,31 @@ def test_one_row_per_fold_with_state_device_progress_and_attempt(text):
     }
     for fold, (state, where, progress, attempt) in expected.items():
         row = table[fold]
-        assert cell(row, "state") == state, (fold, row)
-        assert cell(row, "host:device") == where, (fold, row)
-        assert cell(row, "progress").endswith(progress), (fold, row)
-        assert cell(row, "try") == attempt, (fold, row)
+        assert row["state"] == state, (fold, row)
+        assert row["host:device"] == where, (fold, row)
+        assert row["progress"].endswith(progress), (fold, row)
+        assert row["try"] == attempt, (fold, row)
     # The bar is 16 cells wide: full when done, 3/16 at step 200 of 1000.
-    assert cell(table[0], "progress") == "█" * 16 + " 1000/1000"
-    assert cell(table[4], "progress") == "█" * 3 + "░" * 13 + " 200/1000"
+    assert table[0]["progress"] == "█" * 16 + " 1000/1000"
+    assert table[4]["progress"] == "█" * 3 + "░" * 13 + " 200/1000"
 
 
 def test_running_rows_show_loss_rate_and_eta_finished_row_shows_test_metrics(text):
     table = rows(text)
-    assert cell(table[4], "loss") == "1.2345"
-    assert cell(table[4], "lr") == "0.01"
-    assert cell(table[4], "img/s") == "310"
+    assert table[4]["loss"] == "1.2345"
+    assert table[4]["lr"] == "0.01"
+    assert table[4]["img/s"] == "310"
     # Fold 4: steps 100 -> 200 in 100 s is 1 step/s, 800 steps left.
-    assert cell(table[4], "ETA") == "13:20"
-    assert cell(table[4], "last eval") == "val@200 31.1/50.2/68.7"
+    assert table[4]["ETA"] == "13:20"
+    assert table[4][EVAL] == "val@200 31.1/50.2/68.7"
     # Fold 2's rate restarts with attempt 2: 450 -> 500 in 50 s, 500 steps left.
-    assert cell(table[2], "loss") == "1.5000"
-    assert cell(table[2], "ETA") == "8:20"
+    assert table[2]["loss"] == "1.5000"
+    assert table[2]["ETA"] == "8:20"
     # A finished fold shows its test metrics (age top-1/top-2/gender %), not its last loss.
-    assert cell(table[0], "last eval") == "test 52.3/75.0/81.2"
-    assert cell(table[0], "loss") == "-" and cell(table[0], "ETA") == "-"
-    assert cell(table[3], "loss") == "-" and cell(table[3], "last eval") == "-"
-    assert cell(table[1], "ETA") == "-"
+    assert table[0][EVAL] == "test 52.3/75.0/81.2"
+    assert table[0]["loss"] == "-" and table[0]["ETA"] == "-"
+    assert table[3]["loss"] == "-" and table[3][EVAL] == "-"
+    assert table[1]["ETA"] == "-"
 
 
 def test_summary_line_and_reason_lines(text):
@@ -227,9 +239,9 @@ def test_fold_stopped():
     assert view.ended == "interrupted"
     text = draw(view)
     row = rows(text)[4]
-    assert cell(row, "state") == "stopped"
-    assert cell(row, "progress").endswith(" 240/1000")
-    assert cell(row, "ETA") == "-" and cell(row, "img/s") == "-"
+    assert row["state"] == "stopped"
+    assert row["progress"].endswith(" 240/1000")
+    assert row["ETA"] == "-" and row["img/s"] == "-"
     assert "stopping: each running fold saves a checkpoint" in text.splitlines()
 
 
@@ -241,7 +253,7 @@ def test_fold_stopped_before_training_keeps_the_restored_step():
     view = build_view(no_steps + [stop])
     fold = view.folds[2]
     assert (fold.state, fold.step, fold.attempt) == ("stopped", 400, 2)
-    assert cell(rows(draw(view))[2], "progress").endswith(" 400/1000")
+    assert rows(draw(view))[2]["progress"].endswith(" 400/1000")
     assert dashboard.format_event(stop) == "fold 2 try 2 worker-2:NPU3  stopped before training started"
 
 
@@ -255,8 +267,8 @@ def test_fold_skipped_marks_a_fold_finished_in_an_earlier_session():
     assert fold.images_per_s is None
     assert view.folds[0].state == "queued"
     row = rows(draw(view))[1]
-    assert cell(row, "state") == "done"
-    assert cell(row, "last eval") == "test 45.0/70.0/80.0"
+    assert row["state"] == "done"
+    assert row[EVAL] == "test 45.0/70.0/80.0"
     assert "folds done 1/2" in draw(view)
 
 
@@ -355,3 +367,197 @@ def test_the_view_imports_neither_ray_nor_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, check=True,
                          universal_newlines=True).stdout
     assert out.strip() == "[]"
+
+
+# -- fitting the terminal ----------------------------------------------------------------
+
+# What each fold of script() shows: state, host:device, step/total, loss, ETA.
+EXPECTED_ROWS = {0: ("done", "vm:NPU0", "1000/1000", "-", "-"),
+                 1: ("failed", "vm:NPU1", "300/1000", "2.0000", "-"),
+                 2: ("retrying", "worker-2:NPU3", "500/1000", "1.5000", "8:20"),
+                 3: ("queued", "-", "-", "-", "-"),
+                 4: ("running", "vm:NPU1", "200/1000", "1.2345", "13:20")}
+
+
+def assert_fits(text, width, height=None):
+    lines = text.splitlines()
+    assert max(cell_len(line) for line in lines) <= width, text
+    assert "…" not in text, text
+    if height is not None:
+        assert len(lines) <= height, text
+
+
+def steps_of(progress):
+    """The step count of a progress cell, without the bar before it."""
+    return progress.split(" ")[-1]
+
+
+@pytest.mark.parametrize("width", [60, 80, 120, 200])
+def test_every_width_shows_each_fold_without_cutting_a_cell(width):
+    text = draw(build_view(script()), width=width, height=24)
+    assert_fits(text, width, 24)
+    table = rows(text)
+    assert sorted(table) == [0, 1, 2, 3, 4]
+    for fold, (state, where, steps, loss, eta) in EXPECTED_ROWS.items():
+        row = table[fold]
+        assert (row["state"], steps_of(row["progress"]), row["ETA"]) == (state, steps, eta), (width, row)
+        if width >= 80:
+            assert (row["host:device"], row["loss"]) == (where, loss), (width, row)
+    if width == 60:  # a host name shortens to its end; worker-2 is short enough
+        assert table[2]["host:device"] == "worker-2:NPU3"
+    assert "folds done 1/5, failed 1" in text and "ETA 19:10" in text
+    assert "fold 1: DataLossError: corrupted record at 1234" in text.splitlines()
+
+
+def test_columns_narrow_in_priority_order_and_come_back():
+    view = build_view(script())
+    assert list(rows(draw(view, width=200))[4]) == COLUMNS
+    assert rows(draw(view, width=200))[4]["progress"] == "█" * 3 + "░" * 13 + " 200/1000"
+    assert list(rows(draw(view, width=80))[4]) == ["fold", "state", "host:device", "progress", "loss", "ETA"]
+    assert list(rows(draw(view, width=60))[4]) == ["fold", "state", "host:device", "progress", "ETA"]
+    # Back at 200 columns, the dropped columns and the full bar return.
+    assert draw(view, width=200) == draw(build_view(script()), width=200)
+    # From wide to narrow: the bar shrinks first, then one layout after the other, each
+    # step of NARROWING in turn, and a column never goes while the bar still has cells.
+    layouts, bar_before = [], None
+    for width in range(160, 54, -1):
+        row = rows(draw(view, width=width))[4]
+        bar = len(row["progress"]) - len(" 200/1000") if row["progress"] != "200/1000" else 0
+        assert bar == 0 or dashboard.MIN_BAR_WIDTH <= bar <= dashboard.BAR_WIDTH, (width, row)
+        if layouts and list(row) != layouts[-1]:
+            assert bar_before == 0, (width, row)
+        layouts.append(list(row))
+        bar_before = bar
+    distinct = [layout for layout, _ in itertools.groupby(layouts)]
+    assert distinct == [COLUMNS,
+                        ["fold", "state", "host:device", "progress", "loss", "img/s", "ETA", EVAL],
+                        ["fold", "state", "host:device", "progress", "loss", "ETA", EVAL],
+                        ["fold", "state", "host:device", "progress", "loss", "ETA", "eval %"],
+                        ["fold", "state", "host:device", "progress", "loss", "ETA"],
+                        ["fold", "state", "host:device", "progress", "ETA"]]
+
+
+def test_render_takes_the_size_it_is_given():
+    view = build_view(script())
+    text = draw(view, width=200, height=60)
+    console = Console(file=io.StringIO(), width=200, height=60, color_system=None)
+    console.print(dashboard.render(view, NOW, width=80, height=24))
+    narrow = console.file.getvalue()
+    assert_fits(narrow, 80, 24)
+    assert list(rows(narrow)[4]) != list(rows(text)[4])
+
+
+def test_a_long_host_name_keeps_its_device_label_and_its_end():
+    view = build_view(script())
+    view.folds[2].host = "gpu-worker-node-12.cluster.example.com"
+    assert rows(draw(view, width=200))[2]["host:device"] == "gpu-worker-node-12.cluster.example.com:NPU3"
+    text = draw(view, width=80, height=24)
+    assert_fits(text, 80, 24)
+    row = rows(text)[2]
+    assert row["host:device"] == "~node-12:NPU3"
+    assert (row["loss"], row["ETA"], steps_of(row["progress"])) == ("1.5000", "8:20", "500/1000")
+
+
+@pytest.mark.parametrize("host, short", [("vm", "vm"), ("worker-2", "worker-2"), ("ascend-node-07", "~node-07"),
+                                         ("node12.example.org", "node12"),
+                                         ("gpu-worker-node-12.cluster.example.com", "~node-12"),
+                                         ("10.0.0.12", "~.0.0.12")])
+def test_short_host(host, short):
+    assert dashboard.short_host(host) == short
+
+
+def many_folds_script(n=20):
+    """A run of `n` folds: 0-8 finished, 9-11 queued, the others running on node-<k>:NPU0, but
+    the last, which failed."""
+    events = [ev.make(st.RUN_STARTED, time=T0, name="cv20", run_dir="/runs/cv20", folds=list(range(n)),
+                      placement="npu {CPU: 1, NPU: 1}", where="10.0.0.1:6379", resumed=False)]
+    events += [ev.make(st.FOLD_QUEUED, time=T0, fold=k, attempt=1) for k in range(n)]
+    for k in range(n):
+        host = "node-%d" % k
+        if k < 9:
+            events += [started(k, 1, host, "NPU0", 1),
+                       trainer(ev.FOLD_FINISHED, k, 1, host, "NPU0", 40, step=TOTAL, metrics=FINISHED_METRICS)]
+        elif k >= 12:
+            events += [started(k, 1, host, "NPU0", 1), step(k, 1, host, "NPU0", 100, 100, 1.5, 300.0),
+                       step(k, 1, host, "NPU0", 200, 200, 1.25, 310.0)]
+    events.append(ev.make(ev.FOLD_FAILED, time=T0 + 300, fold=n - 1, attempt=1, reason="ValueError: loss diverged"))
+    return events
+
+
+def left_out(text, view, shown):
+    """The states of the folds without a row, counted by the "+ N more" line; checked
+    against the view."""
+    (line,) = [line for line in text.splitlines() if line.startswith("+ ")]
+    hidden = Counter(f.state for k, f in view.folds.items() if k not in shown)
+    count, states = line.split(";")[0][len("+ "):].split(" more: ")
+    assert int(count) == sum(hidden.values()), line
+    assert {state: int(n) for n, state in (part.split(" ") for part in states.split(", "))} == hidden, line
+    return hidden
+
+
+@pytest.mark.parametrize("width", [60, 80, 200])
+def test_more_folds_than_rows_keeps_the_ones_to_watch(width):
+    view = build_view(many_folds_script())
+    text = draw(view, width=width, height=24)
+    assert_fits(text, width, 24)
+    shown = rows(text)
+    assert len(shown) >= 12, text
+    # Running and failed folds first, then queued ones; finished folds give way.
+    assert set(range(9, 20)) <= set(shown), text
+    assert left_out(text, view, shown) == {"done": 20 - len(shown)}
+    assert any(line.startswith("folds done 9/20, failed 1") for line in text.splitlines()), text
+    assert "fold 19: ValueError: loss diverged" in " ".join(text.split())
+
+
+def test_a_short_terminal_hides_queued_folds_before_running_ones():
+    view = build_view(many_folds_script())
+    text = draw(view, width=80, height=16)
+    assert_fits(text, 80, 16)
+    shown = rows(text)
+    hidden = left_out(text, view, shown)
+    assert hidden["done"] == 9 and hidden["queued"] == 3 and "running" not in hidden, text
+    assert list(shown) == sorted(shown)  # rows stay in fold order
+
+
+def test_notes_never_push_the_view_past_its_height():
+    view = build_view(many_folds_script())
+    for k in range(12, 19):
+        st.apply(view, ev.make(ev.FOLD_FAILED, time=T0 + 400, fold=k, attempt=1,
+                               reason="RuntimeError: device %d lost its link to the host; see the fold's log" % k))
+    for i in range(5):
+        st.apply(view, ev.make(st.NOTICE, time=T0 + 500, text="notice %d: the run directory is not shared" % i))
+    for width in (60, 80, 120):
+        text = draw(view, width=width, height=24)
+        assert_fits(text, width, 24)
+        line = [line for line in text.splitlines() if line.startswith("+ ")][0]
+        assert "not shown" in line, text
+
+
+def test_live_display_at_80x24_needs_no_vertical_ellipsis():
+    """What the driver does: a Live display redraws render's result at the console's size."""
+    console = Console(file=io.StringIO(), width=80, height=24, color_system=None, force_terminal=True)
+    with Live(dashboard.render(build_view(many_folds_script()), NOW), console=console, auto_refresh=False,
+              redirect_stdout=False, redirect_stderr=False) as live:
+        live.refresh()
+    output = console.file.getvalue()
+    assert "..." not in output and "…" not in output
+    assert "running" in output and "+ " in output
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_status_table_fits_with_every_note_whole(width):
+    view = build_view(script())
+    view.folds[2].host = "gpu-worker-node-12.cluster.example.com"
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(dashboard.status_table(view, "/runs/cv5-20250101-120000: running"))
+    text = console.file.getvalue()
+    assert_fits(text, width)
+    table = rows(text)
+    for fold, (state, _, steps, _, _) in EXPECTED_ROWS.items():
+        assert (table[fold]["state"], table[fold]["step"]) == (state, steps if steps != "-" else "0"), text
+    assert table[1]["host:device"] == "vm:NPU1"
+    assert table[2]["host:device"] in ("gpu-worker-node-12.cluster.example.com:NPU3", "~node-12:NPU3")
+    squeezed = " ".join(text.split())
+    for note in ("age top-1 52.30%, gender 81.20%, 30:34", "DataLossError: corrupted record at 1234",
+                 "WorkerCrashedError (attempt 1)"):
+        assert note in squeezed, text

@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from rich.cells import cell_len
 from rich.console import Console
 
 from lmtcnn import events as ev
@@ -161,8 +162,8 @@ def test_csv(results):
     assert tuple(float(v) for v in body["std"][2:6]) == tuple(STD[k] for k in METRICS)
 
 
-def draw(renderable):
-    console = Console(file=io.StringIO(), width=140, color_system=None, force_terminal=False)
+def draw(renderable, width=140):
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
     console.print(renderable)
     return console.file.getvalue()
 
@@ -191,6 +192,64 @@ def test_rich_table(results):
     assert beside["mean"][0] == "%.2f/%.2f/%.2f" % (MEAN["age_top1"], MEAN["age_top2"], MEAN["gender"])
     assert beside["mean"][1:] == ["%.2f/%.2f/%.2f" % mean for mean in PUBLISHED_MEANS.values()]
     assert "cv5: accuracy per test fold (%)" in text
+
+
+def assert_fits(text, width):
+    assert max(cell_len(line) for line in text.splitlines()) <= width, text
+    assert "…" not in text, text
+
+
+def stacked_blocks(text):
+    """{source: [cells of folds 0-4 and of the mean]} from the published results laid out
+    with folds as columns: each source a block of lines between rules, each cell's numbers
+    stacked."""
+    blocks, lines = {}, []
+    published = text[text.index("beside the published results"):]
+    for line in published.splitlines():
+        if line.startswith("│"):
+            lines.append([c.strip() for c in line.strip().strip("│").split("│")])
+        elif line.startswith(("├", "└")) and lines:
+            source = " ".join(cells[0] for cells in lines if cells[0])
+            blocks[source] = [[cells[i] for cells in lines if cells[i]] for i in range(1, 7)]
+            lines = []
+    return blocks
+
+
+def test_rich_table_at_80_columns_keeps_every_number_whole(results):
+    results["folds"][0].update(age_top2=99.34, gender=100.0)  # the widest numbers there are
+    text = draw(rs.to_table(results), width=80)
+    assert_fits(text, 80)
+    body = {r[0]: r for r in table_rows(text) if r[0] in ("0", "1", "2", "3", "4", "mean", "std")}
+    percents = dict(PERCENT)
+    percents[0] = (49.06, 99.34, 87.42, 100.0)
+    for fold, values in percents.items():
+        assert body[str(fold)][1:6] == ["%.2f" % p for p in values] + ["50000"], text
+        # Device and wall time: in the row, or on a line of their own under a narrow table.
+        assert "vm:NPU%d" % fold in text and "%.0f s" % WALL_S[fold] in text
+    assert body["3"][1] == "failed" and "w2:NPU7" in text
+    assert body["mean"][1:5] == ["%.2f" % MEAN[k] for k in METRICS]
+    assert body["std"][1:5] == ["%.2f" % STD[k] for k in METRICS]
+    # Beside the published results: each source's folds and mean, every number whole.
+    blocks = stacked_blocks(text)
+    ours = [["%.2f" % percents[k][i] for i in (0, 1, 3)] if k != 3 else ["failed"] for k in range(5)]
+    assert blocks["this run"] == ours + [["%.2f" % MEAN[k] for k in ("age_top1", "age_top2", "gender")]]
+    for source, mean in PUBLISHED_MEANS.items():
+        (name,) = [name for name in blocks if name.startswith(source)]
+        folds = [["%.2f" % v for v in fold] for fold in PUBLISHED_FOLDS[source]] if source in PUBLISHED_FOLDS else []
+        assert [cells for cells in blocks[name][:5] if cells] == folds, (source, text)
+        assert blocks[name][5] == ["%.2f" % v for v in mean], (source, text)
+    assert "authors' repo, LMTCNN-2-1: ceil(N/128) test batches" in " ".join(text.split())
+
+
+def test_rich_table_of_synthetic_data_at_80_columns():
+    view = run_view()
+    view.data = {"dir": "/data/demo", "split": "own", "synthetic": True}
+    text = draw(rs.to_table(rs.build_results(view)), width=80)
+    assert_fits(text, 80)
+    body = {r[0]: r for r in table_rows(text)}
+    for fold, percents in PERCENT.items():
+        assert body[str(fold)][1:5] == ["%.2f" % p for p in percents]
+    assert "Synthetic data, not Adience" in text
 
 
 def test_write_results_files_parse_back(results, tmp_path):

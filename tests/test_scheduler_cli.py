@@ -35,7 +35,7 @@ def ray_version():
     return tuple(int(x) for x in ray.__version__.split(".")[:2])
 
 
-def start_scheduler(*args, env=None):
+def start_scheduler(*args, env=None, cwd=ROOT):
     """Start `python -m scheduler ARGS` from the repository root.
 
     RAY_ADDRESS=local: a run without an address starts its own Ray instance even when this
@@ -43,7 +43,7 @@ def start_scheduler(*args, env=None):
     """
     full_env = dict(os.environ, RAY_ADDRESS="local")
     full_env.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "scheduler"] + [str(a) for a in args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "scheduler"] + [str(a) for a in args], cwd=cwd,
                             env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             universal_newlines=True)
 
@@ -60,9 +60,9 @@ def finish(process, timeout=120):
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-def scheduler(*args, env=None, timeout=120):
+def scheduler(*args, env=None, timeout=120, cwd=ROOT):
     """Run `python -m scheduler ARGS` to the end; returns a CompletedProcess."""
-    return finish(start_scheduler(*args, env=env), timeout=timeout)
+    return finish(start_scheduler(*args, env=env, cwd=cwd), timeout=timeout)
 
 
 def error_line(result, ray_started=False):
@@ -225,6 +225,20 @@ def test_dry_run_prints_the_plan_and_creates_nothing(prepared, short_dir):
     assert not os.path.exists(runs_root)
     assert sorted(os.listdir(short_dir)) == ["d", "run.yaml"]
     assert [line for line in result.stderr.splitlines() if line.strip() and not RAY_LOG_LINE.match(line)] == []
+
+
+def test_from_any_directory_relative_paths_are_the_working_directory_s(prepared, short_dir):
+    """The project is installed (`make`), so `python -m scheduler` runs outside the
+    checkout; a config's relative paths resolve against where the command runs."""
+    os.symlink(prepared, os.path.join(short_dir, "d"))
+    write_yaml(pathlib.Path(short_dir, "run.yaml"), {"name": "cli", "data": {"data_dir": "d"},
+                                                     "model": {"image_size": 64},
+                                                     "scheduler": {"folds": [0], "runs_root": "r"}})
+    result = scheduler("run", "run.yaml", "--dry-run", cwd=short_dir)
+    assert result.returncode == 0, result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert lines[1] == "data: %s" % os.path.join(short_dir, "d")
+    assert lines[2] == "run directory: %s" % os.path.join(short_dir, "r", "cli-<time>")
 
 
 @pytest.mark.parametrize("width, data_dir, run_dir", [

@@ -1,0 +1,197 @@
+"""`scheduler report` and the report every run ends with, on real run directories
+(tests/cv_runs.py: a finished run with a retried fold, one with a failed fold, one
+interrupted by Ctrl-C)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from scheduler import rundir
+from scheduler.report import figures as fg
+from scheduler.report import write_report
+from scheduler.report.history import history, total_rate
+from scheduler.results import REFERENCE_ROWS, build_results
+
+FIGURES = ("training.png", "accuracy.png", "confusion.png", "per_group.png", "timeline.png")
+
+
+def read_png(path):
+    import cv2
+
+    image = cv2.imread(path)
+    assert image is not None, "%s is no readable PNG" % path
+    return image
+
+
+def page_of(run_dir):
+    with open(os.path.join(run_dir, "report", "report.html"), encoding="utf-8") as f:
+        return f.read()
+
+
+def embedded_images(page):
+    return re.findall(r"<img alt='([^']*)' src='data:image/png;base64,", page)
+
+
+def test_a_finished_run_ends_with_its_report(cv_runs):
+    run_dir = cv_runs["finished"]
+    for name in FIGURES:  # made by the run itself, not by this test
+        height, width, _ = read_png(os.path.join(run_dir, "report", name)).shape
+        assert height > 200 and width > 400
+    page = page_of(run_dir)
+    assert len(embedded_images(page)) == len(FIGURES)
+    # Opens offline: nothing is fetched from anywhere.
+    assert not re.search(r"(src|href)=['\"](?!data:)", page)
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    for row in results["folds"]:
+        assert "<td>%d</td><td>%.2f</td><td>%.2f</td>" % (row["fold"], row["age_top1"], row["age_top2"]) in page
+    assert "Not in this report" not in page  # everything finished and validated
+    assert "5 of 5 folds finished" in page
+
+
+def test_the_age_groups_table_counts_every_test_image_once(cv_runs):
+    run_dir = cv_runs["finished"]
+    page = page_of(run_dir)
+    counts = re.search(r"<tr><td>test images</td>(.*?)</tr>", page).group(1)
+    images = sum(int(n) for n in re.findall(r"<td>(\d+)</td>", counts))
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    assert images == sum(row["test_images"] for row in results["folds"])
+
+
+def test_the_retried_fold_shows_both_attempts(cv_runs):
+    h = history(rundir.read_events(cv_runs["finished"]))
+    first, second = h.of_fold(1)
+    assert (first.outcome, first.start_step) == ("retried", 0)
+    assert "WorkerCrashedError" in first.reason
+    assert (second.outcome, second.start_step) == ("finished", 4)
+    assert [s[1] for s in second.steps][0] > 4  # the curve restarts where the checkpoint was
+    assert all(len(h.of_fold(k)) == 1 and h.of_fold(k)[0].outcome == "finished" for k in (0, 2, 3, 4))
+    assert all(a.evals for a in h.attempts.values() if a.outcome == "finished")  # validation every 6 steps
+
+
+def test_attempts_that_overlap_on_a_device_get_rows_of_their_own(cv_runs):
+    h = history(rundir.read_events(cv_runs["finished"]))
+    placed, labels = fg.timeline_rows(h)
+    assert len(placed) == 6 and len(labels) >= 2  # two CPU folds at a time on one host
+    for a, row in placed:
+        for b, other in placed:
+            if a is not b and row == other:
+                assert a.ended <= b.started or b.ended <= a.started, "two bars on one row overlap"
+
+
+def test_total_rate_sums_the_running_attempts(cv_runs):
+    h = history(rundir.read_events(cv_runs["finished"]))
+    series = total_rate(h)
+    assert series[-1][1] == 0.0  # every attempt has ended
+    peak = max(rate for _, rate in series)
+    assert peak > max(s[4] for a in h.attempts.values() for s in a.steps)  # two folds ran at once
+
+
+def test_a_failed_fold_is_named_with_its_reason(cv_runs):
+    run_dir = cv_runs["failed"]
+    page = page_of(run_dir)
+    assert "Fold 3 failed at step 4 of 12" in page and "device lost (injected)" in page
+    assert "4 of 5 folds finished" in page
+    h = history(rundir.read_events(run_dir))
+    assert h.of_fold(3)[0].outcome == "failed"
+
+
+def test_report_of_an_interrupted_run_from_another_directory(cv_runs, tmp_path):
+    run_dir = str(tmp_path / "interrupted")
+    shutil.copytree(cv_runs["interrupted"], run_dir)
+    shutil.rmtree(os.path.join(run_dir, "report"))
+    # From a directory that is not the checkout: the project is installed.
+    done = subprocess.run([sys.executable, "-m", "scheduler", "report", run_dir], cwd=str(tmp_path),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.strip() == "report: %s" % os.path.join(run_dir, "report", "report.html")
+    page = page_of(run_dir)
+    assert "interrupted; 1 of 3 folds finished" in page
+    for fold in (1, 2):
+        assert "Fold %d was interrupted at step 4 of 12" % fold in page
+    assert "python -m scheduler run --resume %s" % run_dir in page
+    assert len(embedded_images(page)) == len(FIGURES)
+    h = history(rundir.read_events(run_dir))
+    assert [h.of_fold(k)[0].outcome for k in (0, 1, 2)] == ["finished", "stopped", "stopped"]
+    assert len(h.interruptions) == 1
+
+
+def test_a_run_still_going_gets_a_report_of_what_exists(cv_runs, tmp_path):
+    from scheduler import runlock
+
+    run_dir = str(tmp_path / "running")
+    shutil.copytree(cv_runs["interrupted"], run_dir)
+    lock = runlock.acquire(run_dir)  # as its driver would hold it
+    try:
+        view, alive = rundir.replay(run_dir)
+        assert alive is True
+        page = open(write_report(run_dir, view, alive), encoding="utf-8").read()
+    finally:
+        lock.release()
+    assert "The run is still going" in page and "state</th><td style='text-align:left'>running" in page
+    assert "--resume" not in page
+
+
+def test_published_rows_are_markers_beside_real_data(cv_runs):
+    view, _ = rundir.replay(cv_runs["finished"])
+    view.data = dict(view.data, synthetic=False)  # as on real Adience
+    figure = fg.accuracy_bars(build_results(view))
+    top1 = figure.axes[0]
+    labels = top1.get_legend_handles_labels()[1]
+    assert labels == [source for source, _, _, _ in REFERENCE_ROWS]
+    # The paper's row has means only: one marker; the others one per fold and the mean.
+    points = {line.get_label(): line.get_xydata() for line in top1.get_lines() if line.get_label() in labels}
+    assert len(points["paper (as quoted by the Ascend port)"]) == 1
+    gpu = points["Ascend port, GPU"]
+    assert len(gpu) == 6 and gpu[0][1] == REFERENCE_ROWS[0][1][0][0] and gpu[-1][1] == REFERENCE_ROWS[0][2][0]
+
+
+def test_synthetic_runs_draw_no_published_markers(cv_runs):
+    view, _ = rundir.replay(cv_runs["finished"])
+    figure = fg.accuracy_bars(build_results(view))
+    assert figure.axes[0].get_legend() is None
+
+
+def test_row_normalised_confusion():
+    share = fg.normalised([[2, 2, 0], [0, 0, 0], [1, 0, 3]])
+    assert np.allclose(share, [[0.5, 0.5, 0], [0, 0, 0], [0.25, 0, 0.75]])
+
+
+def test_a_run_directory_that_cannot_hold_a_report_is_one_line(cv_runs, tmp_path):
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(cv_runs["failed"], run_dir)
+    shutil.rmtree(os.path.join(run_dir, "report"))
+    open(os.path.join(run_dir, "report"), "w").close()  # a file where the directory goes
+    done = subprocess.run([sys.executable, "-m", "scheduler", "report", run_dir], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and os.path.join(run_dir, "report") in lines[0], done.stderr
+
+
+def test_no_report_leaves_none(prepared, tmp_path):
+    from conftest import run_config, quiet_console
+    from scheduler.driver import run
+
+    run_dir = tmp_path / "run"
+    assert run(run_config(prepared, run_dir, [0], train={"max_steps": 2}), quiet_console(), report=False) == 0
+    assert (run_dir / "results.json").exists() and not (run_dir / "report").exists()
+
+
+@pytest.mark.parametrize("state", ["finished", "failed", "interrupted"])
+def test_every_figure_is_drawn_from_the_events_alone(cv_runs, state, tmp_path):
+    """Without metrics.json files the folds' own events still carry their confusion."""
+    run_dir = str(tmp_path / state)
+    shutil.copytree(cv_runs[state], run_dir)
+    for k in range(5):
+        path = os.path.join(run_dir, "fold_%d" % k, "metrics.json")
+        if os.path.exists(path):
+            os.unlink(path)
+    view, _ = rundir.replay(run_dir)
+    write_report(run_dir, view, False)
+    assert len(embedded_images(page_of(run_dir))) == len(FIGURES)
