@@ -145,13 +145,16 @@ def table_command(args, console):
 def status_command(args, console):
     from scheduler import runlock
     from scheduler.dashboard import status_table
+    from scheduler.runs import run_state as describe_state
 
     view, alive = replay(args.run_dir)
     if alive is None:
         run_state = "running? the %s holds it; this host cannot check" % runlock.describe(
             runlock.read_holder(args.run_dir))
-    else:
-        run_state = "running" if alive else (view.ended or "interrupted (driver gone)")
+    else:  # as `list` tells it: finished, failed (some folds), interrupted, running
+        run_state = describe_state([f.state for f in view.folds.values()], alive)
+        if run_state == "interrupted" and view.ended != "interrupted":
+            run_state += " (driver gone)"
     console.print(status_table(view, "%s: %s" % (args.run_dir, run_state)))
     if alive is False and any(f.state not in ("done",) for f in view.folds.values()):
         console.print("resume with: python -m scheduler run --resume %s" % args.run_dir, highlight=False)

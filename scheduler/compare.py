@@ -16,10 +16,10 @@ went unchecked.
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
-import warnings
 
 from lmtcnn.errors import UserError
 from scheduler.results import METRIC_COLUMNS, build_results, recipe_line
@@ -180,18 +180,45 @@ def paired_statistics(a, b):
         out["t_test_note"] = "undefined: the difference is the same on every fold"
     else:
         out["t_test_p"] = float(stats.ttest_1samp(differences, 0.0).pvalue)  # the paired t-test
-    # Folds with no difference drop out of the ranks (Wilcoxon's own rule; dropped here, so
-    # that every scipy computes the exact p for the rest); all the rest of one sign is the
-    # test's extreme: 2 of the 2^n equally likely sign patterns.
+    # Folds with no difference drop out of the ranks (Wilcoxon's own rule); all the rest of
+    # one sign is the test's extreme: 2 of the 2^n equally likely sign patterns.
     nonzero = [d for d in differences if d != 0]
     if not nonzero:
         out["wilcoxon_note"] = "every difference is zero"
         return out
-    with warnings.catch_warnings():  # tied differences: scipy warns of its normal approximation
-        warnings.simplefilter("ignore")
-        out["wilcoxon_p"] = float(stats.wilcoxon(nonzero).pvalue)
+    out["wilcoxon_p"] = signed_rank_p(nonzero)
     out["wilcoxon_folds"], out["wilcoxon_min_p"] = len(nonzero), 2.0 ** (1 - len(nonzero))
     return out
+
+
+def signed_rank_p(differences):
+    """The exact two-sided p-value of Wilcoxon's signed-rank test of non-zero `differences`,
+    ties given their average rank: the share of the 2^n sign patterns, equally likely when
+    neither run is better, whose rank sum lies at least as far from its mean as the one
+    observed. Exact with ties too, where scipy's versions differ (1.7 falls back on a
+    normal approximation); 2^n stays small for the folds of a cross-validation."""
+    ranks = average_ranks([abs(d) for d in differences])
+    observed = sum(r for r, d in zip(ranks, differences) if d > 0)
+    centre = sum(ranks) / 2.0
+    extreme = abs(observed - centre) - 1e-9  # rank sums are multiples of 0.5; keep ties in
+    count = sum(1 for signs in itertools.product((0, 1), repeat=len(ranks))
+                if abs(sum(r for r, s in zip(ranks, signs) if s) - centre) >= extreme)
+    return count / 2.0 ** len(ranks)
+
+
+def average_ranks(values):
+    """Ranks 1..n of `values`, equal values sharing the average of their ranks."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2.0 + 1
+        i = j + 1
+    return ranks
 
 
 def verdict(stat, run, baseline):
@@ -205,7 +232,7 @@ def verdict(stat, run, baseline):
             return "%s and %s score the same on %s on all %d folds." % (run, baseline, metric, n)
         return ("%s is %s than %s on %s by %.2f points on every one of the %d folds; with no spread the t-test is "
                 "undefined (%s)." % (run, _better(m), baseline, metric, abs(m), n, _wilcoxon_words(stat)))
-    evidence = "p = %s (paired t-test over %d folds; %s)" % (_p(stat["t_test_p"]), n, _wilcoxon_words(stat))
+    evidence = "%s (paired t-test over %d folds; %s)" % (_p_is(stat["t_test_p"]), n, _wilcoxon_words(stat))
     interval = "95%% CI %+.2f to %+.2f" % tuple(stat["ci95"])
     if stat["t_test_p"] < SIGNIFICANCE:
         return "%s is %s than %s on %s by %.2f points (%s), %s." % (run, _better(m), baseline, metric, abs(m),
@@ -226,7 +253,13 @@ def _wilcoxon_words(stat):
         return "Wilcoxon p = %s, the smallest possible %s" % (
             _p(stat["wilcoxon_p"]), "over %d folds" % ranked if ranked == stat["n"] else
             "with %s that differ" % _folds_words(ranked))
-    return "Wilcoxon p = %s" % _p(stat["wilcoxon_p"])
+    return "Wilcoxon %s" % _p_is(stat["wilcoxon_p"])
+
+
+def _p_is(p):
+    """"p = 0.0132", or "p < 0.001" in a sentence."""
+    text = _p(p)
+    return "p " + text if text.startswith("<") else "p = " + text
 
 
 def _p(p):

@@ -264,11 +264,12 @@ def _drive(config, console, run_dir, resumed, live_mode, placement, request, whe
                       "again once there is room" % (run_dir, e.strerror, run_dir)
     console.print(to_table(results))
     console.print(written, highlight=False, soft_wrap=True)
+    if outcome == "interrupted":  # before the report, which a further Ctrl-C may cut short
+        console.print("interrupted; resume with: python -m scheduler run --resume %s" % run_dir, highlight=False,
+                      soft_wrap=True)
     if report:
         console.print(_write_report(run_dir, session.view), highlight=False, soft_wrap=True)
     if outcome == "interrupted":
-        console.print("interrupted; resume with: python -m scheduler run --resume %s" % run_dir, highlight=False,
-                      soft_wrap=True)
         return 130
     return 0 if all(row["state"] == "done" for row in results["folds"]) else 1
 
@@ -280,6 +281,8 @@ def _write_report(run_dir, view):
 
     try:
         return "report: %s" % write_report(run_dir, view, alive=False)
+    except KeyboardInterrupt:  # Ctrl-C while drawing: everything that matters is written
+        return "report skipped; make it with: python -m scheduler report %s" % run_dir
     except Exception as e:  # a figure's bug, a full disk: the results are safe either way
         return "report not written (%s: %s); make it with: python -m scheduler report %s" % (
             type(e).__name__, e, run_dir)

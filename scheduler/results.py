@@ -60,8 +60,9 @@ def build_results(view):
         values = [r[key] for r in done]
         if values:
             mean = sum(values) / len(values)
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-            summary[key] = {"mean": round(mean, 2), "std": round(std, 2)}
+            # One fold has no spread to tell: None, shown as "-", never a reassuring 0.00.
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+            summary[key] = {"mean": round(mean, 2), "std": None if std is None else round(std, 2)}
     finished = [view.folds[k].metrics for k in sorted(view.folds) if view.folds[k].state == "done"]
     synthetic = bool(view.data.get("synthetic"))
     return {"name": view.name, "run_dir": view.run_dir, "folds": rows, "finished_folds": len(done),
@@ -125,7 +126,7 @@ HEADER = ["fold"] + [label for _, label in METRIC_COLUMNS] + ["steps", "device",
 def _summary_cells(results):
     s = results["summary"]
     mean = ["mean"] + ["%.2f" % s[k]["mean"] if k in s else "-" for k, _ in METRIC_COLUMNS]
-    std = ["std"] + ["%.2f" % s[k]["std"] if k in s else "-" for k, _ in METRIC_COLUMNS]
+    std = ["std"] + ["%.2f" % s[k]["std"] if k in s and s[k]["std"] is not None else "-" for k, _ in METRIC_COLUMNS]
     return mean + ["", "", ""], std + ["", "", ""]
 
 
@@ -149,6 +150,10 @@ def to_markdown(results):
     return "\n".join(lines) + "\n"
 
 
+def _blank_none(value):
+    return "" if value is None else value
+
+
 def to_csv(results):
     out = io.StringIO()
     writer = csv.writer(out)
@@ -157,7 +162,7 @@ def to_csv(results):
         writer.writerow([row["fold"], row["state"]] + [row.get(key, "") for key, _ in METRIC_COLUMNS]
                         + [row.get("steps", ""), row["device"], row.get("wall_s", ""), row.get("reason", "")])
     for stat in ("mean", "std"):
-        writer.writerow([stat, ""] + [results["summary"].get(k, {}).get(stat, "") for k, _ in METRIC_COLUMNS]
+        writer.writerow([stat, ""] + [_blank_none(results["summary"].get(k, {}).get(stat)) for k, _ in METRIC_COLUMNS]
                         + ["", "", "", ""])
     return out.getvalue()
 

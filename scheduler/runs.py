@@ -129,18 +129,30 @@ MODEL_PREFIX = "LMTCNN-"
 
 def to_table(rows, runs_dir):
     """Fits 80 columns with a run name of 24 characters (a longer one wraps): the start
-    without its year, the model as LMTCNN's variant (1-1, 2-1)."""
+    without its year, the model as LMTCNN's variant (1-1, 2-1). Narrower, the start and
+    then the model column go, rather than a number being cut."""
+    from scheduler.widths import Fitted
+
+    title = "runs below %s, newest first: mean accuracy (%%) over finished folds" % runs_dir
+    everything = list(range(len(HEADER)))
+    without_start = [i for i in everything if HEADER[i] != "started"]
+    return Fitted(*[[_table(rows, title, shown)] for shown in
+                    (everything, without_start, [i for i in without_start if HEADER[i] != "model"])])
+
+
+def _table(rows, title, shown):
+    """The table with the columns of HEADER whose indices are `shown`."""
     from rich import box
     from rich.table import Table
 
-    table = Table(title="runs below %s, newest first: mean accuracy (%%) over finished folds" % runs_dir,
-                  title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=0)
-    for i, name in enumerate(HEADER[:-1] + [MODEL_PREFIX.rstrip("-")]):
-        table.add_column(name, justify="right" if 3 <= i < 3 + len(MEANS) + 1 else "left", no_wrap=i > 0,
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    headers = HEADER[:-1] + [MODEL_PREFIX.rstrip("-")]
+    for i in shown:
+        table.add_column(headers[i], justify="right" if 3 <= i < 3 + len(MEANS) + 1 else "left", no_wrap=i > 0,
                          overflow="fold", min_width=12 if i == 0 else None)
     for row in rows:
-        table.add_row(*_cells(row, "%m-%d %H:%M", MODEL_PREFIX),
-                      style="red" if row["state"] in ("failed", "interrupted") else "")
+        cells = _cells(row, "%m-%d %H:%M", MODEL_PREFIX)
+        table.add_row(*[cells[i] for i in shown], style="red" if row["state"] in ("failed", "interrupted") else "")
     return table
 
 

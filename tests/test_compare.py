@@ -59,6 +59,18 @@ def test_mixed_signs_by_hand():
     assert stat["wilcoxon_p"] == pytest.approx(0.1875)
 
 
+def test_tied_differences_by_hand_the_same_on_every_scipy():
+    # d = 1, 1, -2, 2, 3: |d| ranks 1.5, 1.5, 3.5, 3.5, 5 (ties share their average); the
+    # positive sum is 11.5, its mean under no difference 7.5. Sign patterns at least 4 from
+    # it: the positive sums <= 3.5 ({}, {1.5}, {1.5}, {1.5, 1.5}, {3.5}, {3.5}) and as
+    # many >= 11.5: 12 of 32 = 0.375. scipy 1.7 gives 0.4375 here (a normal approximation).
+    stat = paired_statistics(A, [a + d for a, d in zip(A, [1, 1, -2, 2, 3])])
+    assert stat["wilcoxon_p"] == pytest.approx(0.375)
+    # A zero difference drops out; the other four, all of one sign: 2 / 2^4.
+    stat = paired_statistics(A, [a + d for a, d in zip(A, [0, 2, 2, 1, 1])])
+    assert stat["wilcoxon_p"] == pytest.approx(0.125) and stat["wilcoxon_folds"] == 4
+
+
 def sentence(a, b):
     stat = paired_statistics(a, b)
     stat.update(label="age top-1", folds=list(range(len(a))))

@@ -63,6 +63,25 @@ def test_the_age_groups_table_counts_every_test_image_once(cv_runs):
     assert images == sum(row["test_images"] for row in results["folds"])
 
 
+def test_per_group_accuracy_is_the_share_of_each_true_group_predicted_right(cv_runs):
+    """Rows of the confusion are the true groups: each fold's diagonal over its total is
+    its age top-1, and the page's per-group row is the summed diagonal over row sums."""
+    from lmtcnn.adience import AGE_GROUPS
+
+    run_dir = cv_runs["finished"]
+    matrices = [json.load(open(os.path.join(run_dir, "fold_%d" % k, "metrics.json"))) for k in range(5)]
+    for m in matrices:
+        confusion = np.array(m["age_confusion"])
+        assert np.trace(confusion) / confusion.sum() == pytest.approx(m["age_top1"])
+    total = sum(np.array(m["age_confusion"]) for m in matrices)
+    row = re.search(r"<tr><td>age top-1 %</td>(.*?)</tr>", page_of(run_dir)).group(1)
+    shown = re.findall(r"<td>([^<]*)</td>", row)
+    assert len(shown) == len(AGE_GROUPS)
+    for i, cell in enumerate(shown):
+        n = total[i].sum()
+        assert cell == ("%.1f" % (100.0 * total[i, i] / n) if n else "-")
+
+
 def test_the_retried_fold_shows_both_attempts(cv_runs):
     h = history(rundir.read_events(cv_runs["finished"]))
     first, second = h.of_fold(1)
@@ -118,7 +137,7 @@ def test_report_of_an_interrupted_run_from_another_directory(cv_runs, tmp_path):
     assert len(embedded_images(page)) == len(FIGURES)
     h = history(rundir.read_events(run_dir))
     assert [h.of_fold(k)[0].outcome for k in (0, 1, 2)] == ["finished", "stopped", "stopped"]
-    assert len(h.interruptions) == 1
+    assert [how for _, _, how in h.sessions] == ["interrupted"]
 
 
 def test_a_run_still_going_gets_a_report_of_what_exists(cv_runs, tmp_path):
@@ -195,3 +214,64 @@ def test_every_figure_is_drawn_from_the_events_alone(cv_runs, state, tmp_path):
     view, _ = rundir.replay(run_dir)
     write_report(run_dir, view, False)
     assert len(embedded_images(page_of(run_dir))) == len(FIGURES)
+
+
+def step(fold, attempt, t, n, rate=100.0):
+    return {"event": "step_done", "time": t, "fold": fold, "attempt": attempt, "step": n, "loss": 1.0,
+            "learning_rate": 0.01, "images_per_s": rate}
+
+
+def test_a_session_whose_driver_was_killed_loses_its_open_attempts():
+    """Session 1's driver was killed mid-run (its events just stop); an hour later the
+    run is resumed: the attempts it left are lost there, their images/s no longer count,
+    and the hour between the sessions is cut from the time axis."""
+    events = [{"event": "run_started", "time": 0.0, "folds": [0, 1]},
+              {"event": "fold_started", "time": 1.0, "fold": 0, "attempt": 1, "start_step": 0, "host": "a",
+               "device_label": "NPU0", "device": "npu"},
+              step(0, 1, 5.0, 10), step(0, 1, 9.0, 20),
+              {"event": "fold_failed", "time": 2.0, "fold": 1, "attempt": 1,
+               "reason": "no alive node could hold {NPU: 1}"},
+              {"event": "run_started", "time": 3609.0, "folds": [0, 1]},
+              {"event": "fold_started", "time": 3610.0, "fold": 0, "attempt": 2, "start_step": 20, "host": "a",
+               "device_label": "NPU0", "device": "npu"},
+              step(0, 2, 3615.0, 30, rate=50.0),
+              {"event": "fold_finished", "time": 3620.0, "fold": 0, "attempt": 2, "step": 30, "metrics": {}},
+              {"event": "run_finished", "time": 3620.0}]
+    h = history(events)
+    assert [how for _, _, how in h.sessions] == ["lost", "finished"]
+    first, second = h.of_fold(0)
+    assert (first.outcome, first.ended) == ("lost", 9.0) and second.outcome == "finished"
+    assert h.of_fold(1)[0].started is None and h.of_fold(1)[0].outcome == "failed"
+    # Between the sessions nothing runs: the total falls to 0 when session 1 ends.
+    rate_at = dict(total_rate(h))
+    assert rate_at[9.0] == 0.0 and rate_at[3615.0] == 50.0 and rate_at[3620.0] == 0.0
+    axis = fg.TimeAxis(h)
+    assert len(axis.cuts) == 1
+    # 29 s of sessions: the 3600 s gap keeps a band of 3% of that; time runs on either side.
+    assert axis.x(9.0) < axis.x(3609.0) <= axis.x(9.0) + 0.03 * 29 + 1e-9
+    assert axis.x(3620.0) - axis.x(3609.0) == pytest.approx(11.0)
+    assert axis.x(1000.0) < axis.x(2000.0)  # monotonic inside the cut too
+    fg.png(fg.timeline(h))  # draws the lost attempt, the fold never placed and the cut
+
+
+def test_a_run_with_no_finished_fold_gets_a_report(cv_runs, tmp_path):
+    """Its driver killed before fold 0 finished: curves and timeline, no accuracy."""
+    run_dir = str(tmp_path / "early")
+    shutil.copytree(cv_runs["interrupted"], run_dir)
+    shutil.rmtree(os.path.join(run_dir, "report"))
+    path = os.path.join(run_dir, "events.jsonl")
+    lines = open(path).read().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if '"fold_finished"' in line)
+    open(path, "w").write("".join(lines[:cut]))
+    for k in range(3):
+        metrics = os.path.join(run_dir, "fold_%d" % k, "metrics.json")
+        if os.path.exists(metrics):
+            os.unlink(metrics)
+    view, alive = rundir.replay(run_dir)
+    page = open(write_report(run_dir, view, alive), encoding="utf-8").read()
+    assert embedded_images(page) == ["Training curves", "Test accuracy per fold", "Timeline"]
+    assert "0 of 3 folds finished" in page
+    for fold in (0, 1, 2):
+        assert "Fold %d was interrupted" % fold in page
+    assert sorted(os.listdir(os.path.join(run_dir, "report"))) == ["accuracy.png", "report.html", "timeline.png",
+                                                                    "training.png"]

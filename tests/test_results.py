@@ -284,6 +284,21 @@ def test_no_finished_fold_gives_no_numbers():
     assert "failed" in draw(rs.to_table(results))
 
 
+def test_one_finished_fold_has_a_mean_and_no_spread():
+    view = st.RunView(name="x", run_dir="/r")
+    st.apply(view, ev.make(ev.FOLD_FAILED, fold=0, attempt=1, reason="ValueError: bad"))
+    st.apply(view, ev.make(ev.FOLD_FINISHED, fold=1, attempt=1, step=10, wall_s=5.0,
+                           metrics=dict(count=10, age_top1=0.5, age_top2=0.7, age_one_off=0.9, gender=0.8)))
+    results = rs.build_results(view)
+    assert results["summary"]["age_top1"] == {"mean": 50.0, "std": None}
+    body = {r[0]: r for r in markdown_rows(rs.to_markdown(results))[1:5]}
+    assert body["mean"][1:5] == ["50.00", "70.00", "90.00", "80.00"] and body["std"][1:5] == ["-"] * 4
+    csv_rows = {r[0]: r for r in csv.reader(io.StringIO(rs.to_csv(results)))}
+    assert csv_rows["std"][2:6] == ["", "", "", ""]
+    table = {r[0]: r for r in table_rows(draw(rs.to_table(results))) if len(r) == 8}  # the per-fold table
+    assert table["mean"][1:5] == ["50.00", "70.00", "90.00", "80.00"] and table["std"][1:5] == ["-"] * 4
+
+
 def test_synthetic_data_is_not_laid_beside_the_published_results():
     view = run_view()
     view.data = {"dir": "/data/demo", "split": "own", "synthetic": True}

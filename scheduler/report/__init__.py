@@ -138,9 +138,11 @@ def stamp(seconds):
 def missing(run_dir, view, alive, h, confusions):
     """Sentences on what this report cannot show yet, and why."""
     notes = []
+    run_dir = os.path.abspath(run_dir)  # the page is read elsewhere: no path relative to here
     if alive or alive is None:
         notes.append("The run is still going: this is what exists at the time above; run `python -m scheduler "
                      "report %s` again later." % run_dir)
+    validated = {a.fold for a in h.attempts.values() if a.evals}
     for k in sorted(view.folds):
         f = view.folds[k]
         where = " at step %d of %d" % (f.step, f.total_steps) if f.total_steps else ""
@@ -154,9 +156,11 @@ def missing(run_dir, view, alive, h, confusions):
             notes.append("Fold %d is still training%s: no test results yet." % (k, where))
         elif k not in confusions:
             notes.append("Fold %d recorded no age confusion matrix: it is left out of the confusion figures." % k)
-    if not alive and alive is not None and any(f.state in ("stopped", "interrupted", "queued")
-                                               for f in view.folds.values()):
-        notes.append("Resume the unfinished folds with: python -m scheduler run --resume %s" % run_dir)
-    if not any(a.evals for a in h.attempts.values()):
+        if validated and k not in validated and f.state != "queued":
+            notes.append("Fold %d has no validation results yet." % k)
+    if alive is False and any(f.state != "done" for f in view.folds.values()):
+        notes.append("Resume the unfinished folds (failed ones are tried again) with: python -m scheduler run "
+                     "--resume %s" % run_dir)
+    if not validated:
         notes.append("No validation results: train.eval_every_steps is 0, or no fold reached an evaluation.")
     return notes

@@ -12,23 +12,25 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from lmtcnn.adience import AGE_GROUPS
+from scheduler.results import BESIDE_METRICS, METRIC_COLUMNS
 
 DPI = 100
 # Ten colours that stay apart in print; fold k always has the same one.
 FOLD_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                "#bcbd22", "#17becf")
-# How an attempt bar in the timeline shows its end.
+# How an attempt bar in the timeline shows its end: the hatch, in black, so that it never
+# takes a fold's colour; an attempt still going or cut off is pale.
 OUTCOME_STYLES = {
-    "finished": dict(edgecolor="black", hatch=None, alpha=0.9),
-    "retried": dict(edgecolor="orange", hatch="//", alpha=0.7),
-    "stalled": dict(edgecolor="red", hatch="xx", alpha=0.7),
-    "failed": dict(edgecolor="red", hatch="..", alpha=0.7),
-    "stopped": dict(edgecolor="magenta", hatch="\\\\", alpha=0.7),
-    "open": dict(edgecolor="grey", hatch=None, alpha=0.35),
+    "finished": dict(hatch=None, alpha=0.9),
+    "retried": dict(hatch="//", alpha=0.9),
+    "stalled": dict(hatch="xx", alpha=0.9),
+    "failed": dict(hatch="..", alpha=0.9),
+    "stopped": dict(hatch="\\\\", alpha=0.9),
+    "lost": dict(hatch="--", alpha=0.4),
+    "open": dict(hatch=None, alpha=0.4),
 }
-METRICS = (("age_top1", "age top-1"), ("age_top2", "age top-2"), ("age_one_off", "age 1-off"),
-           ("gender", "gender"))
-PUBLISHED_INDEX = {"age_top1": 0, "age_top2": 1, "gender": 2}  # columns of a published row
+# A published row's columns: age top-1, age top-2, gender.
+PUBLISHED_INDEX = {key: i for i, key in enumerate(BESIDE_METRICS)}
 PUBLISHED_MARKERS = ("D", "^", "s", "v")
 
 
@@ -90,7 +92,7 @@ def accuracy_bars(results):
     fig = Figure(figsize=(11, 6.5), constrained_layout=True)
     axes = fig.subplots(2, 2).ravel()
     x = np.arange(len(labels))
-    for ax, (key, title) in zip(axes, METRICS):
+    for ax, (key, title) in zip(axes, METRIC_COLUMNS):
         values = [row.get(key) for row in folds]
         for i, (row, v) in enumerate(zip(folds, values)):
             if v is None:
@@ -100,9 +102,11 @@ def accuracy_bars(results):
                 ax.text(i, v, "%.1f" % v, ha="center", va="bottom", fontsize=7)
         summary = results["summary"].get(key)
         if summary:
-            ax.bar(len(folds), summary["mean"], yerr=summary["std"], color="lightgrey", edgecolor="black",
-                   width=0.7, capsize=4)
-            ax.text(len(folds), summary["mean"] + summary["std"] + 1, "%.1f±%.1f" % (summary["mean"], summary["std"]),
+            spread = summary["std"]  # None with one fold: no error bar, no "±0"
+            ax.bar(len(folds), summary["mean"], yerr=spread, color="lightgrey", edgecolor="black", width=0.7,
+                   capsize=4)
+            ax.text(len(folds), summary["mean"] + (spread or 0) + 1,
+                    "%.1f" % summary["mean"] + ("±%.1f" % spread if spread is not None else " (1 fold)"),
                     ha="center", va="bottom", fontsize=7)
         for j, ref in enumerate(results.get("reference") or []):
             if key not in PUBLISHED_INDEX:
@@ -197,50 +201,104 @@ def per_group_accuracy(folds, summed):
     return fig
 
 
+class TimeAxis:
+    """Seconds since the run began, as x positions in a readable unit, with each long gap
+    between driver sessions (a run resumed the next day) cut to a narrow band, so that
+    the sessions, not the downtime, fill the figure."""
+
+    def __init__(self, h):
+        sessions = [(start, end) for start, end, _ in h.sessions] or [(h.first or 0.0, h.last or 0.0)]
+        active = max(sum(end - start for start, end in sessions), 1.0)
+        self.origin = sessions[0][0]
+        self.band = 0.03 * active  # the width a cut gap keeps
+        self.cuts = []  # (gap start, gap end, seconds removed before its end)
+        removed = 0.0
+        for (_, end), (start, _) in zip(sessions, sessions[1:]):
+            if start - end > 2 * self.band:
+                removed += (start - end) - self.band
+                self.cuts.append((end, start, removed))
+        span = max(((h.last or self.origin) - self.origin) - removed, 1.0)
+        self.scale, self.unit = (3600.0, "hours") if span > 3 * 3600 else (
+            (60.0, "minutes") if span > 180 else (1.0, "seconds"))
+
+    def x(self, t):
+        removed = 0.0  # seconds of cut gaps before t
+        for gap_start, gap_end, removed_by_end in self.cuts:
+            if t >= gap_end:
+                removed = removed_by_end
+            elif t > gap_start:  # inside a cut gap: squeezed linearly into its band
+                before = removed_by_end - (gap_end - gap_start - self.band)
+                share = (t - gap_start) / (gap_end - gap_start)
+                return (gap_start - self.origin - before + share * self.band) / self.scale
+        return (t - self.origin - removed) / self.scale
+
+    def label(self):
+        return "%s of the run%s" % (self.unit, " (gaps between sessions cut)" if self.cuts else "")
+
+
+SESSION_ENDS = {"interrupted": dict(color="red", ls="--", label="interrupted (Ctrl-C, SIGTERM)"),
+                "lost": dict(color="black", ls="-.", label="driver lost (killed)")}
+
+
 def timeline(h):
     """Each attempt as a bar on its host:device lane (colour: fold; hatch: how it ended),
-    interruptions and resumed sessions as vertical lines; below, images/s over time."""
+    folds that failed before any device took them as crosses, how each session ended and
+    where the next began as vertical lines; below, images/s over time."""
+    from scheduler.dashboard import format_duration
     from scheduler.report.history import total_rate
 
-    origin = h.first or 0.0
-    span = max((h.last or origin) - origin, 1.0)
-    scale, unit = (3600.0, "hours") if span > 3 * 3600 else (60.0, "minutes") if span > 180 else (1.0, "seconds")
+    axis = TimeAxis(h)
     rows, labels = timeline_rows(h)
-    fig = Figure(figsize=(11, 2.2 + 0.45 * max(len(labels), 1) + 2.6))
+    unplaced = [a for a in h.attempts.values() if a.started is None and a.outcome == "failed"]
+    if unplaced:
+        labels.append("never placed")
+    fig = Figure(figsize=(11, 2.2 + 0.45 * max(len(labels), 1) + 2.6), constrained_layout=True)
     bars, rates = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [max(len(labels), 1), 3]})
+    smallest = (axis.x(h.last or axis.origin) - axis.x(axis.origin)) / 400  # a bar stays visible
     for a, y in rows:
-        start = (a.started - origin) / scale
-        width = max(((a.ended or a.started) - a.started) / scale, span / scale / 400)
-        bars.broken_barh([(start, width)], (y - 0.35, 0.7), facecolor=color(a.fold), linewidth=1.2,
-                         **OUTCOME_STYLES[a.outcome])
+        start = axis.x(a.started)
+        width = max(axis.x(a.ended or a.started) - start, smallest)
+        bars.broken_barh([(start, width)], (y - 0.35, 0.7), facecolor=color(a.fold), edgecolor="black",
+                         linewidth=0.8, **OUTCOME_STYLES[a.outcome])
         bars.text(start + width / 2, y, "f%d#%d" % (a.fold, a.number), ha="center", va="center", fontsize=7)
-    for t in h.interruptions:
-        bars.axvline((t - origin) / scale, color="red", ls="--", lw=1)
-    for t in h.sessions[1:]:
-        bars.axvline((t - origin) / scale, color="green", ls=":", lw=1)
+    for a in unplaced:
+        bars.plot([axis.x(a.ended)], [len(labels) - 1], "x", color=color(a.fold), ms=9, mew=2)
+        bars.text(axis.x(a.ended), len(labels) - 1.3, "f%d#%d" % (a.fold, a.number), ha="center", fontsize=7)
+    for start, end, how in h.sessions:
+        if how in SESSION_ENDS:
+            style = dict(SESSION_ENDS[how])
+            style.pop("label")
+            bars.axvline(axis.x(end), lw=1, **style)
+    for start, _, _ in h.sessions[1:]:
+        bars.axvline(axis.x(start), color="green", ls=":", lw=1)
+    for gap_start, gap_end, _ in axis.cuts:
+        for ax in (bars, rates):
+            ax.axvspan(axis.x(gap_start), axis.x(gap_end), color="lightgrey", alpha=0.6, lw=0)
+        bars.text((axis.x(gap_start) + axis.x(gap_end)) / 2, -0.5, "away\n%s" % format_duration(gap_end - gap_start),
+                  ha="center", va="top", fontsize=6)
     bars.set_yticks(range(len(labels)))
     bars.set_yticklabels(labels, fontsize=8)
     bars.set_ylim(-0.6, max(len(labels), 1) - 0.4)
     bars.invert_yaxis()
-    handles = [Patch(facecolor="white", label=outcome, **OUTCOME_STYLES[outcome]) for outcome in OUTCOME_STYLES
-               if any(a.outcome == outcome for a in h.attempts.values())]
-    if h.interruptions:
-        handles.append(Line2D([], [], color="red", ls="--", label="interrupted"))
+    handles = [Patch(facecolor="white", edgecolor="black", label=outcome, **OUTCOME_STYLES[outcome])
+               for outcome in OUTCOME_STYLES if any(a.outcome == outcome for a in h.attempts.values())]
+    handles += [Line2D([], [], lw=1, **SESSION_ENDS[how]) for how in SESSION_ENDS
+                if any(session[2] == how for session in h.sessions)]
     if len(h.sessions) > 1:
-        handles.append(Line2D([], [], color="green", ls=":", label="resumed"))
+        handles.append(Line2D([], [], color="green", ls=":", label="session resumed"))
     bars.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     bars.set_title("Attempts per device (f<fold>#<attempt>)")
     for a in h.attempts.values():
         if a.steps:
-            rates.plot([(s[0] - origin) / scale for s in a.steps], [s[4] for s in a.steps], color=color(a.fold),
-                       lw=0.8, alpha=0.7)
+            rates.plot([axis.x(s[0]) for s in a.steps], [s[4] for s in a.steps], color=color(a.fold), lw=0.8,
+                       alpha=0.7)
     total = total_rate(h)
     if total:
-        rates.step([(t - origin) / scale for t, _ in total], [r for _, r in total], where="post", color="black",
-                   lw=1.5, label="all folds")
+        rates.step([axis.x(t) for t, _ in total], [r for _, r in total], where="post", color="black", lw=1.5,
+                   label="all folds")
         rates.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     rates.set_ylabel("images/s")
-    rates.set_xlabel("%s since the run started" % unit)
+    rates.set_xlabel(axis.label())
     rates.grid(alpha=0.3)
     return fig
 

@@ -11,9 +11,9 @@ from typing import Dict, List, Optional, Tuple
 from lmtcnn import events as ev
 from scheduler import state as st
 
-# How an attempt ended; "open" when its events stop without an end (the driver was
-# killed, or the run is still going).
-OUTCOMES = ("finished", "failed", "retried", "stalled", "stopped", "open")
+# How an attempt ended: "lost" when its session ended without word of it (the driver was
+# killed), "open" while its events have not ended (the run is still going).
+OUTCOMES = ("finished", "failed", "retried", "stalled", "stopped", "lost", "open")
 
 
 @dataclass
@@ -40,8 +40,9 @@ class Attempt:
 @dataclass
 class History:
     attempts: Dict[Tuple[int, int], Attempt] = field(default_factory=dict)
-    sessions: List[float] = field(default_factory=list)        # run_started times
-    interruptions: List[float] = field(default_factory=list)   # run_interrupted times
+    # One per driver session: [start, end, how it ended] (finished, interrupted, lost: its
+    # events just stop, the driver was killed; open: the last one, still going).
+    sessions: List[list] = field(default_factory=list)
     first: Optional[float] = None
     last: Optional[float] = None
 
@@ -62,10 +63,13 @@ def history(events):
             h.last = t if h.last is None else max(h.last, t)
         kind = e["event"]
         if kind == st.RUN_STARTED:
-            h.sessions.append(t)
+            _close_session(h, "lost")
+            h.sessions.append([t, t, "open"])
             continue
-        if kind == st.RUN_INTERRUPTED:
-            h.interruptions.append(t)
+        if h.sessions and t is not None:
+            h.sessions[-1][1] = max(h.sessions[-1][1], t)
+        if kind in (st.RUN_INTERRUPTED, st.RUN_FINISHED):
+            _close_session(h, "interrupted" if kind == st.RUN_INTERRUPTED else "finished")
             continue
         if "fold" not in e or "attempt" not in e:
             continue
@@ -94,6 +98,18 @@ def history(events):
         elif kind == ev.FOLD_STOPPED:
             _end(h, e["fold"], e["attempt"], t, "stopped")
     return h
+
+
+def _close_session(h, how):
+    """End the current session (if one is open) and every attempt still open in it: a
+    driver that was killed left them running, as far as the events tell."""
+    if not h.sessions or h.sessions[-1][2] != "open":
+        return
+    h.sessions[-1][2] = how
+    for a in h.attempts.values():
+        if a.outcome == "open":
+            a.outcome = "lost"
+            a.reason = a.reason or "the driver's session ended without word of this attempt"
 
 
 def _end(h, fold, number, t, outcome, reason=""):

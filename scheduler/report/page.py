@@ -60,8 +60,8 @@ def results_table(results):
             rows.append("<tr><td>%d</td><td class='bad' colspan='%d'>%s</td></tr>" % (
                 row["fold"], len(head) - 1, html.escape(text)))
     for stat in ("mean", "std"):
-        cells = ["%.2f" % results["summary"][key][stat] if key in results["summary"] else "-"
-                 for key, _ in METRIC_COLUMNS]
+        cells = ["%.2f" % results["summary"][key][stat] if results["summary"].get(key, {}).get(stat) is not None
+                 else "-" for key, _ in METRIC_COLUMNS]
         rows.append("<tr class='summary'><td>%s</td>%s<td colspan='4'></td></tr>" % (
             stat, "".join("<td>%s</td>" % c for c in cells)))
     note = "Finished folds: %d of %d; mean and sample std over finished folds. %s" % (
