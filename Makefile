@@ -45,6 +45,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/input_vs_step.py
 	$(PY) bench/pipeline_threads.py
 	$(PY) bench/prepare_workers.py
+	$(PY) bench/export_formats.py
 
 clean:
 	rm -rf .venv .venv-tf1 .venv-tf2 .pytest_cache

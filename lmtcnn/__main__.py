@@ -1,4 +1,4 @@
-"""`python -m lmtcnn {synth,prepare,summary,train,eval}`: one device, no Ray."""
+"""`python -m lmtcnn {synth,prepare,summary,train,eval,export,predict}`: one device, no Ray."""
 
 import argparse
 import json
@@ -45,6 +45,32 @@ def main(argv=None):
                                                 "(default <train.model_dir>/fold_<K>)")
             p.add_argument("--split", default="test", choices=("test", "val"))
             p.add_argument("--out", help="JSON file for the metrics (default beside the checkpoint)")
+
+    p = commands.add_parser("export", help="a trained fold as a frozen graph (for ATC), TFLite float32 and int8, "
+                                           "SavedModel; each checked against the checkpoint and timed")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="fold directory: a run's fold_<k>/ or what `train --workdir` wrote")
+    source.add_argument("--checkpoint", help="checkpoint prefix (ours or the reference's) or a directory holding one")
+    p.add_argument("--out", required=True, help="directory for the exported files and export.json")
+    p.add_argument("--format", help="comma list of frozen,tflite,tflite-int8,savedmodel (default frozen,tflite,"
+                                    "tflite-int8; TensorFlow 1.15 makes no tflite-int8)")
+    p.add_argument("--config", help="the configuration the model was trained with (default: config.yaml in the "
+                                    "fold directory, else in the run directory above it)")
+    p.add_argument("--fold", type=int, choices=range(5), metavar="K",
+                   help="test fold whose images check the export (default: from the fold_<K> directory name)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a configuration key, e.g. --set data.data_dir=DIR (repeatable)")
+    p.add_argument("--latency-runs", type=int, default=50, metavar="N", help="timed runs per format (default 50)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads per model (default 1)")
+
+    p = commands.add_parser("predict", help="age group and gender of every face in photos")
+    p.add_argument("photos", nargs="+", metavar="PHOTO", help="JPEG or PNG files")
+    p.add_argument("--model", required=True, help="a .pb or .tflite from `export`, a SavedModel directory, or a "
+                                                  "fold directory or checkpoint")
+    p.add_argument("--config", help="for a checkpoint outside a fold directory: its configuration")
+    p.add_argument("--annotate", metavar="OUT_DIR", help="write each photo with boxes and labels here")
+    p.add_argument("--no-detect", action="store_true", help="each photo is one face crop already (no detection)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads for the model (default 1)")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -163,6 +189,36 @@ def run_eval(args):
     return 0
 
 
+def run_export(args):
+    if args.latency_runs < 1 or args.threads < 1:
+        raise UserError("--latency-runs and --threads must be at least 1")
+    from lmtcnn.export import export, failures, format_report, parse_formats
+    from lmtcnn.trained_fold import locate, require_fold
+
+    formats, notes = parse_formats(args.format)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError("--out %s: a file, not a directory; name a directory for the exported files" % args.out)
+    trained = locate(workdir=args.workdir, checkpoint=args.checkpoint, config_path=args.config, fold=args.fold,
+                     overrides=args.set)
+    require_fold(trained, args.workdir or args.checkpoint)
+    report = export(trained, args.out, formats, latency_runs=args.latency_runs, threads=args.threads)
+    print(format_report(report, notes))
+    print("wrote %s" % os.path.join(args.out, "export.json"))
+    problems = failures(report)
+    for problem in problems:
+        print("error: %s; the files are kept in %s to inspect" % (problem, args.out), file=sys.stderr)
+    return 1 if problems else 0
+
+
+def run_predict(args):
+    if args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    from lmtcnn.predict import predict
+
+    return predict(args.photos, args.model, config_path=args.config, annotate_dir=args.annotate,
+                   detect=not args.no_detect, threads=args.threads)
+
+
 def format_metrics(m):
     from lmtcnn.adience import AGE_GROUPS
 
@@ -178,7 +234,7 @@ def format_metrics(m):
 
 
 COMMANDS = {"synth": run_synth, "prepare": run_prepare, "summary": run_summary, "train": run_train,
-            "eval": run_eval}
+            "eval": run_eval, "export": run_export, "predict": run_predict}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 A damaged JPEG must never become a training face, and OpenCV does not say when one is:
   - cut short: from memory, OpenCV 4.6 (tf1 lane) decodes it silently, every row past
-    the cut a copy of the last decoded one; OpenCV 5 (tf2) returns None, also silently.
+    the cut a copy of the last decoded one; OpenCV 5 returns None, also silently.
     So truncation is read from the bytes: the JPEG never reaches its EOI marker.
   - damaged scan data: both decode it; libjpeg only prints "Corrupt JPEG data: ..." to
     the C-level stderr, fd 2. So the decode runs with fd 2 sent to a temporary file, and
@@ -49,13 +49,20 @@ def encode_face(task):
     image, complaint = _decode(data)
     if image is None or (jpeg and complaint):
         return path, None, "undecodable"
-    if image.shape[:2] != (side, side):
-        shrinking = image.shape[0] > side
-        image = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    image = resize_square(image, side)
     ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         return path, None, "undecodable"
     return path, encoded.tobytes(), None
+
+
+def resize_square(image, side):
+    """`image` (a square face) at side x side pixels: area averaging when shrinking (no
+    aliasing), bilinear when growing. `prepare` stores faces so and `predict` crops them so."""
+    if image.shape[:2] == (side, side):
+        return image
+    shrinking = image.shape[0] > side
+    return cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def _complete(data):

@@ -3,7 +3,8 @@
 Training: interleaved group files -> shuffle -> repeat -> decode + augment -> batch with
 drop_remainder. Evaluation: every image once, in order; the last batch is padded to full
 size with examples whose `valid` is 0, so shapes stay static (one compiled graph on
-the NPU) and padding never counts.
+the NPU) and padding never counts. Export: `input_images` reads a split's first images
+as uint8 model inputs (calibration and parity checks of the exported formats).
 """
 
 from lmtcnn.tfcompat import tf
@@ -34,11 +35,22 @@ def _augment(image, image_size, stored_size):
 
 
 def _whole(image, image_size, stored_size):
-    """Test-time view: the whole stored image resized to the input size, standardised."""
-    image = tf.reshape(image, [stored_size, stored_size, 3])
-    if stored_size != image_size:
-        image = tf.image.resize_images(image, [image_size, image_size])
-    return tf.image.per_image_standardization(image)
+    """Test-time view of one stored image: see test_view."""
+    return test_view(tf.reshape(image, [stored_size, stored_size, 3]), image_size)
+
+
+def test_view(images, image_size):
+    """What the network sees at test time: float pixels (0-255) of one image [h, w, 3] or
+    a batch [n, h, w, 3] resized to the input side, then standardised per image.
+    Evaluation, training with `augment: none` and the exported graphs (lmtcnn.serving)
+    all go through here."""
+    return tf.image.per_image_standardization(_resized(images, image_size))
+
+
+def _resized(images, image_size):
+    if images.shape[-3] != image_size or images.shape[-2] != image_size:
+        images = tf.image.resize_images(images, [image_size, image_size])
+    return images
 
 
 def train_batches(files, batch_size, image_size, stored_size=256, shuffle_buffer=2000, threads=4, seed=0,
@@ -82,6 +94,27 @@ def eval_batches(batch_size, image_size, stored_size=256, threads=4):
     ds = ds.concatenate(filler).batch(batch_size, drop_remainder=True).prefetch(2)
     iterator = tf.data.make_initializable_iterator(ds)
     return iterator, files, padding, iterator.get_next()
+
+
+def input_images(files, image_size, limit, stored_size=256, threads=2):
+    """Up to `limit` images of `files` as an exported model takes them, with their labels:
+    (uint8 [n, s, s, 3] RGB, ages [n], genders [n]) as numpy arrays.
+
+    The stored image is resized as the test view resizes it, then rounded to whole pixel
+    values. Records are taken in turn from each file, so a split's groups all contribute
+    to the first images; the choice is the same every time."""
+    def prepare(serialized):
+        image, age, gender = _parse(serialized)
+        image = _resized(tf.reshape(image, [stored_size, stored_size, 3]), image_size)
+        return tf.saturate_cast(tf.round(image), tf.uint8), age, gender
+
+    with tf.Graph().as_default():
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(len(files), 1), block_length=1)
+        ds = ds.take(limit).map(prepare, num_parallel_calls=threads).batch(limit)
+        batch = tf.data.make_one_shot_iterator(ds).get_next()
+        with tf.Session() as sess:
+            return sess.run(batch)
 
 
 def find_corrupt_record(files):

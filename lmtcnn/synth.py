@@ -6,6 +6,8 @@ scheduler run on it unchanged. The signal survives the training augmentation:
                  mirror, which no other group uses; crops and resizes keep angles);
   gender      -> a colour tint of the stripes (standardisation keeps channel ratios).
 Noise, contrast and stripe period vary per image, so a network has to learn, not look up.
+No face detector sees a face in those stripes: `face_photo` draws photos of faces that
+OpenCV's cascade does find, for `predict`.
 """
 
 import math
@@ -40,6 +42,59 @@ def draw_face(age, gender, rng):
     image = base + contrast * wave[..., None] * tint[None, None, :]
     image += noise.normal(0, 30, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def face_photo(width, height, faces, seed=0):
+    """A BGR uint8 photo of drawn faces that OpenCV's face cascade finds (lmtcnn.faces),
+    for `predict`'s tests and benchmark; the stripe faces above are no faces to it.
+
+    faces: (centre x, centre y, face width, BGR skin colour) each; the face is 1.3 times as
+    tall as wide, with hair, shaded cheeks, eyes in darker sockets, brows, a nose shadow
+    and a mouth: the light and dark regions a Haar cascade looks for.
+    """
+    import cv2
+
+    rng = np.random.RandomState(seed)
+    photo = np.empty((height, width, 3), np.float64)
+    photo[:] = rng.uniform(60, 200, 3)
+    photo += np.linspace(-30, 30, width)[None, :, None]  # uneven light
+    for centre_x, centre_y, face_width, skin in faces:
+        _draw_face(photo, centre_x, centre_y, face_width, np.array(skin, np.float64))
+    photo = cv2.GaussianBlur(photo, (0, 0), max(1.0, width / 400.0))
+    photo += rng.normal(0, 6, photo.shape)
+    return np.clip(photo, 0, 255).astype(np.uint8)
+
+
+def _draw_face(photo, cx, cy, w, skin):
+    import cv2
+
+    h = int(w * 1.3)
+
+    def shade(factor):
+        return tuple(int(v) for v in skin * factor)
+
+    cv2.ellipse(photo, (cx, cy - h // 8), (int(w * 0.58), int(h * 0.58)), 0, 180, 360, shade(0.25), -1)  # hair
+    cv2.rectangle(photo, (cx - w // 5, cy + h // 3), (cx + w // 5, cy + h), shade(0.8), -1)  # neck
+    # The face: lit in the middle, darker towards its edge.
+    oval = np.zeros(photo.shape[:2], np.uint8)
+    cv2.ellipse(oval, (cx, cy), (w // 2, h // 2), 0, 0, 360, 255, -1)
+    y, x = np.mgrid[0:photo.shape[0], 0:photo.shape[1]]
+    radius = np.sqrt(((x - cx) / (w / 2.0)) ** 2 + ((y - cy) / (h / 2.0)) ** 2)
+    lit = np.clip(1.05 - 0.35 * radius ** 2, 0.5, 1.1)[..., None] * skin
+    photo[oval > 0] = lit[oval > 0]
+    eyes_y = cy - int(0.08 * h)
+    for side in (-1, 1):
+        eye_x = cx + side * int(0.2 * w)
+        cv2.ellipse(photo, (eye_x, eyes_y), (int(0.13 * w), int(0.06 * w)), 0, 0, 360, shade(0.6), -1)  # socket
+        cv2.ellipse(photo, (eye_x, eyes_y), (int(0.08 * w), int(0.035 * w)), 0, 0, 360, (235, 235, 235), -1)
+        cv2.circle(photo, (eye_x, eyes_y), int(0.03 * w), (40, 30, 30), -1)
+        cv2.ellipse(photo, (eye_x, eyes_y - int(0.1 * w)), (int(0.12 * w), int(0.03 * w)), 0, 180, 360, shade(0.3),
+                    max(2, w // 25))  # brow
+    nose_y = cy + int(0.12 * h)
+    cv2.line(photo, (cx + int(0.04 * w), eyes_y + int(0.05 * w)), (cx + int(0.06 * w), nose_y), shade(0.75),
+             max(2, w // 30))
+    cv2.ellipse(photo, (cx, nose_y), (int(0.09 * w), int(0.035 * w)), 0, 0, 360, shade(0.7), -1)
+    cv2.ellipse(photo, (cx, cy + int(0.28 * h)), (int(0.17 * w), int(0.04 * w)), 0, 0, 360, (70, 60, 150), -1)
 
 
 def synthesize(out_dir, per_fold=200, seed=0, messy_fraction=0.05):

@@ -5,6 +5,7 @@ Every module that builds graphs imports `tf` from here, and only `tf.nn` ops,
 `tf.estimator` are gone on TF 2.16+ and the Ascend adapter supports the plain ops.
 """
 
+import logging
 import os
 
 # TF's C++ start-up chatter would bury the progress lines; errors still show.
@@ -13,5 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 tf.logging.set_verbosity(tf.logging.ERROR)
+# TF 2's TFLite converter logs through absl at INFO, which the commands' root logger would print.
+logging.getLogger("absl").setLevel(logging.WARNING)
 
 VERSION = tf.VERSION if hasattr(tf, "VERSION") else tf.version.VERSION

@@ -200,3 +200,12 @@ def cv_runs(prepared, tmp_path_factory):
     from cv_runs import make_cv_runs
 
     return make_cv_runs(prepared, str(tmp_path_factory.mktemp("cv_runs")))
+
+
+@pytest.fixture(scope="session")
+def exported(prepared, tmp_path_factory):
+    """A fold trained until it tells the synthetic faces apart, in a run's layout, and its
+    export to every format this TensorFlow makes: see tests/exported_fold.py."""
+    from exported_fold import make_exported_fold
+
+    return make_exported_fold(prepared, str(tmp_path_factory.mktemp("exported")))

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.faults
 def test_sigkill_of_the_driver_then_resume(prepared, tmp_path, fault_record):
     run_dir = str(tmp_path / "run")
     config = write_config(tmp_path, prepared, run_dir)
-    driver = scheduler_cli("run", config, "--no-dashboard", env={"LMTCNN_FAULTS": hold_folds_1_and_2(tmp_path)})
+    driver = scheduler_cli("run", config, "--no-dashboard", "--no-report",
+                           env={"LMTCNN_FAULTS": hold_folds_1_and_2(tmp_path)})
     try:
         wait_for(run_dir, held, "fold 0 finished, folds 1 and 2 held", driver)
         driver.send_signal(signal.SIGKILL)  # no handler runs: the lock and run.json stay as they were
@@ -41,7 +42,7 @@ def test_sigkill_of_the_driver_then_resume(prepared, tmp_path, fault_record):
                             stdout=subprocess.PIPE, universal_newlines=True)
     assert status.returncode == 0 and "interrupted" in status.stdout and "resume with" in status.stdout
 
-    resumed = scheduler_cli("run", "--resume", run_dir, "--no-dashboard")
+    resumed = scheduler_cli("run", "--resume", run_dir, "--no-dashboard", "--no-report")
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     assert "took over the lock of the driver pid %d" % driver.pid in output
@@ -64,7 +65,8 @@ def error_line(result):
 def test_two_drivers_on_one_run_directory(prepared, tmp_path, fault_record):
     run_dir = str(tmp_path / "run")
     config = write_config(tmp_path, prepared, run_dir)
-    first = scheduler_cli("run", config, "--no-dashboard", env={"LMTCNN_FAULTS": hold_folds_1_and_2(tmp_path)})
+    first = scheduler_cli("run", config, "--no-dashboard", "--no-report",
+                          env={"LMTCNN_FAULTS": hold_folds_1_and_2(tmp_path)})
     try:
         wait_for(run_dir, held, "fold 0 finished, folds 1 and 2 held", first)
         before = snapshot(run_dir)
@@ -97,7 +99,7 @@ def test_two_drivers_on_one_run_directory(prepared, tmp_path, fault_record):
     assert refused.returncode == 2
     line = error_line(refused)
     assert "gone-host" in line and "4242" in line and "--force" in line
-    forced = scheduler_cli("run", "--resume", run_dir, "--no-dashboard", "--force")
+    forced = scheduler_cli("run", "--resume", run_dir, "--no-dashboard", "--no-report", "--force")
     output, _ = forced.communicate(timeout=300)
     assert forced.returncode == 0, output
     assert "took over the lock of the driver pid 4242 on gone-host" in output
@@ -138,7 +140,7 @@ def test_twenty_folds_on_four_npu_slots_every_event_once(prepared, tmp_path, fau
                 "        eval_every_steps: 0, shuffle_buffer: 64, preprocess_threads: 1, cpu_threads: 1}\n"
                 "scheduler: {device: npu, folds: [0, 1, 2, 3, 4], run_dir: %s}\n" % (k, prepared, run_dir))
             drivers.append((run_dir, subprocess.Popen(
-                [sys.executable, "-m", "scheduler", "run", str(path), "--no-dashboard"], cwd=ROOT,
+                [sys.executable, "-m", "scheduler", "run", str(path), "--no-dashboard", "--no-report"], cwd=ROOT,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
                 env=dict(os.environ, RAY_ADDRESS=address, **NO_TOKEN))))
         for run_dir, driver in drivers:

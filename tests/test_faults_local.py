@@ -51,7 +51,7 @@ def test_sigkill_of_each_fold_worker_in_turn(prepared, tmp_path, monkeypatch, fa
     # Every fold's first attempt dies four steps past its checkpoint at step 10.
     write_faults(tmp_path, [{"fold": k, "attempt": 1, "event": "step_done", "step": 14, "action": "crash"}
                             for k in range(5)], monkeypatch)
-    assert run(config_for(prepared, run_dir, range(5)), quiet_console()) == 0
+    assert run(config_for(prepared, run_dir, range(5)), quiet_console(), report=False) == 0
     s = summarize(run_dir)
     assert s["finished"] == [0, 1, 2, 3, 4] and s["attempts"] == {k: 2 for k in range(5)}
     restarts = [e for e in s["events"] if e["event"] == "fold_started" and e["attempt"] == 2]
@@ -70,7 +70,7 @@ def test_hung_fold_is_cancelled_as_stalled_and_resumes(prepared, tmp_path, monke
     write_faults(tmp_path, [{"fold": 1, "attempt": 1, "event": "step_done", "step": 12, "action": "hold"}],
                  monkeypatch)
     config = config_for(prepared, run_dir, [1], scheduler={"stall_timeout_s": 8.0})
-    assert run(config, quiet_console()) == 0
+    assert run(config, quiet_console(), report=False) == 0
     s = summarize(run_dir)
     assert s["finished"] == [1] and s["attempts"] == {1: 2}
     (stalled,) = [e for e in s["events"] if e["event"] == "fold_stalled"]
@@ -90,7 +90,7 @@ def test_progress_channel_killed_loses_no_fold_end(prepared, tmp_path, monkeypat
     run_dir = tmp_path / "run"
     write_faults(tmp_path, [{"fold": 0, "attempt": 1, "event": "step_done", "step": 4, "action": "kill_channel"}],
                  monkeypatch)
-    assert run(config_for(prepared, run_dir, [0, 1, 2]), quiet_console()) == 0
+    assert run(config_for(prepared, run_dir, [0, 1, 2]), quiet_console(), report=False) == 0
     s = summarize(run_dir)
     assert s["finished"] == [0, 1, 2] and s["attempts"] == {0: 1, 1: 1, 2: 1}
     assert len([e for e in s["events"] if e["event"] == "fold_finished"]) == 3
@@ -111,7 +111,7 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_one_before(prepared, tmp
     write_faults(tmp_path, [{"fold": 0, "attempt": 1, "event": "step_done", "step": 24, "action": "crash"}],
                  monkeypatch)
     config = config_for(prepared, run_dir, [0], train={"max_steps": 30}, scheduler={"max_retries": 0})
-    assert run(config, quiet_console()) == 1  # no retries: the fold stops failed after its crash
+    assert run(config, quiet_console(), report=False) == 1  # no retries: the fold stops failed after its crash
     checkpoints = os.path.join(str(run_dir), "fold_0", "checkpoints")
     (data,) = glob.glob(os.path.join(checkpoints, "model.ckpt-20.data-*"))
     with open(data, "r+b") as f:  # a torn copy: the newest checkpoint's data cut in half
@@ -147,7 +147,7 @@ def test_corrupt_record_file_fails_its_folds_naming_the_file(prepared, tmp_path,
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
     run_dir = tmp_path / "run"
-    assert run(config_for(data, run_dir, [0, 1]), quiet_console()) == 1
+    assert run(config_for(data, run_dir, [0, 1]), quiet_console(), report=False) == 1
     s = summarize(run_dir)
     assert s["finished"] == [1] and s["failed"] == [0] and s["attempts"][0] == 1  # never retried
     (failed,) = [e for e in s["events"] if e["event"] == "fold_failed"]
@@ -160,7 +160,7 @@ def test_nan_loss_fails_only_its_fold(prepared, tmp_path, monkeypatch, fault_rec
     run_dir = tmp_path / "run"
     write_faults(tmp_path, [{"fold": 1, "action": "set",
                              "keys": {"train.learning_rate": 1.0e12, "train.clip_norm": 0.0}}], monkeypatch)
-    assert run(config_for(prepared, run_dir, [0, 1, 2]), quiet_console()) == 1
+    assert run(config_for(prepared, run_dir, [0, 1, 2]), quiet_console(), report=False) == 1
     s = summarize(run_dir)
     assert s["finished"] == [0, 2] and s["failed"] == [1] and s["attempts"][1] == 1
     (failed,) = [e for e in s["events"] if e["event"] == "fold_failed"]
@@ -177,7 +177,7 @@ def test_staged_folds_are_collected_and_an_unsafe_archive_refused(prepared, tmp_
                             {"fold": 1, "action": "stage", "extra_member": "../escape.txt"}], monkeypatch)
     staged = []
     try:
-        assert run(config_for(prepared, run_dir, [0, 1]), quiet_console()) == 1
+        assert run(config_for(prepared, run_dir, [0, 1]), quiet_console(), report=False) == 1
         key = [e for e in rundir.read_events(str(run_dir)) if e["event"] == "run_started"][0]["run_key"]
         assert len(key) == 32  # a new run's own identity
         staged = [stage_dir(str(run_dir), socket.gethostname(), k, key) for k in (0, 1)]
@@ -226,7 +226,7 @@ def test_full_disk_fails_folds_clearly_and_the_run_resumes_once_freed(prepared, 
                                                                      fault_record):
     run_dir = os.path.join(small_disk, "run")
     config = config_for(prepared, run_dir, [0, 1], train={"max_steps": 40})
-    assert run(config, quiet_console()) == 1
+    assert run(config, quiet_console(), report=False) == 1
     s = summarize(run_dir)
     assert s["failed"], "the disk never filled up"
     for e in s["events"]:

@@ -20,7 +20,7 @@ from conftest import ROOT
 
 FORBIDDEN = ("ray", "rich", "scheduler")
 LIBRARY = ("lmtcnn.model", "lmtcnn.train", "lmtcnn.prepare", "lmtcnn.input_pipeline", "lmtcnn.evaluate",
-           "lmtcnn.synth", "lmtcnn.workdir")
+           "lmtcnn.synth", "lmtcnn.workdir", "lmtcnn.export", "lmtcnn.predict", "lmtcnn.inference", "lmtcnn.faces")
 # What the scheduler's driver and a fold task import before they set the device
 # variables, and what prepare's decoding workers import: no TensorFlow may load here.
 TF_FREE = ("lmtcnn.adience", "lmtcnn.config", "lmtcnn.errors", "lmtcnn.events", "lmtcnn.files", "lmtcnn.images",

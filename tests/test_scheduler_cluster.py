@@ -52,7 +52,7 @@ def test_fold_of_a_lost_node_finishes_on_another(prepared, tmp_path, cluster, mo
 
     tail = EventTail(run_dir, remove_node_after_checkpoint)
     try:
-        assert run(config, quiet_console()) == 0
+        assert run(config, quiet_console(), report=False) == 0
     finally:
         tail.close()
     assert removed and removed[0]["step"] == 10

@@ -89,7 +89,8 @@ def test_signal_stops_cleanly_and_resume_runs_only_missing_folds(prepared, tmp_p
     stop the run the same way: folds checkpoint and stop, results are written."""
     run_dir = str(tmp_path / "run")
     config = write_config(tmp_path, prepared, run_dir)
-    driver = scheduler_cli("run", config, "--no-dashboard", env={"LMTCNN_FAULTS": hold_folds_1_and_2(tmp_path)})
+    driver = scheduler_cli("run", config, "--no-dashboard", "--no-report",
+                           env={"LMTCNN_FAULTS": hold_folds_1_and_2(tmp_path)})
     try:
         wait_for(run_dir, held, "fold 0 finished, folds 1 and 2 held at step %d" % HELD_AT, driver)
         if signum == signal.SIGHUP:
@@ -125,7 +126,7 @@ def test_signal_stops_cleanly_and_resume_runs_only_missing_folds(prepared, tmp_p
                             stdout=subprocess.PIPE, universal_newlines=True)
     assert status.returncode == 0 and "interrupted" in status.stdout and "resume with" in status.stdout
 
-    resumed = scheduler_cli("run", "--resume", run_dir, "--no-dashboard")
+    resumed = scheduler_cli("run", "--resume", run_dir, "--no-dashboard", "--no-report")
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     after = rundir.read_events(run_dir)[len(events):]

@@ -26,7 +26,7 @@ def test_five_folds_share_two_npus_without_collisions(prepared, tmp_path):
     run_dir = tmp_path / "run"
     # Placed on the NPU resource (the task sets the Ascend variables), trained on the CPU.
     config = run_config(prepared, run_dir, range(5), scheduler={"device": "npu"})
-    assert run(config, quiet_console()) == 0
+    assert run(config, quiet_console(), report=False) == 0
 
     results = json.load(open(str(run_dir / "results.json")))
     assert [r["state"] for r in results["folds"]] == ["done"] * 5
@@ -71,7 +71,7 @@ def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(prepared, tmp_
     # SIGKILL of the worker right after its checkpoint at step 20, as the OOM killer would.
     use_faults(tmp_path, monkeypatch, [{"fold": 2, "attempt": 1, "event": "checkpoint_saved", "step": 20,
                                         "action": "crash"}])
-    assert run(config, quiet_console()) == 0
+    assert run(config, quiet_console(), report=False) == 0
 
     retrying = events_of(run_dir, "fold_retrying")
     assert len(retrying) == 1 and "WorkerCrashedError" in retrying[0]["reason"]
@@ -92,7 +92,7 @@ def test_fold_without_retries_left_fails_while_others_finish(prepared, tmp_path,
     config = run_config(prepared, run_dir, [0, 1], train={"max_steps": 20, "checkpoint_every_steps": 10},
                         scheduler={"max_retries": 0})
     use_faults(tmp_path, monkeypatch, [{"fold": 0, "event": "checkpoint_saved", "step": 10, "action": "crash"}])
-    assert run(config, quiet_console()) == 1  # not every fold finished
+    assert run(config, quiet_console(), report=False) == 1  # not every fold finished
     results = json.load(open(str(run_dir / "results.json")))
     states = {r["fold"]: r for r in results["folds"]}
     assert states[0]["state"] == "failed" and "no retries left" in states[0]["reason"]
@@ -105,7 +105,7 @@ def test_python_error_in_a_fold_is_not_retried(prepared, tmp_path):
     run_dir = tmp_path / "run"
     # A learning rate this large turns the loss into NaN within a few steps.
     config = run_config(prepared, run_dir, [3], train={"learning_rate": 1.0e12, "clip_norm": 0.0, "max_steps": 50})
-    assert run(config, quiet_console()) == 1
+    assert run(config, quiet_console(), report=False) == 1
     failed = events_of(run_dir, "fold_failed")
     assert len(failed) == 1 and "TrainingDiverged" in failed[0]["reason"] and "step" in failed[0]["reason"]
     assert not events_of(run_dir, "fold_retrying")
@@ -115,7 +115,7 @@ def test_python_error_in_a_fold_is_not_retried(prepared, tmp_path):
 def test_a_damaged_metrics_file_is_moved_aside_and_the_fold_scored_again(prepared, tmp_path, fault_record):
     run_dir = tmp_path / "run"
     config = run_config(prepared, run_dir, [4], train={"max_steps": 4})
-    assert run(config, quiet_console()) == 0
+    assert run(config, quiet_console(), report=False) == 0
     metrics = run_dir / "fold_4" / "metrics.json"
     text = metrics.read_text()
     metrics.write_text(text[:len(text) // 2])  # a torn copy
