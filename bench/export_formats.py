@@ -117,8 +117,9 @@ def main():
     try:
         workdir = train_fold(work, args.steps, args.threads)
         out = os.path.join(work, "export")
-        lmtcnn_main(["export", "--workdir", workdir, "--out", out, "--format", ",".join(formats),
-                     "--threads", str(args.threads)])
+        if lmtcnn_main(["export", "--workdir", workdir, "--out", out, "--format", ",".join(formats),
+                        "--threads", str(args.threads)]) != 0:
+            sys.exit("the export failed its parity check: no figures from it")
         photos, drawn = draw_photos(os.path.join(work, "photos"), args.photos)
         detection = time_detection(photos, args.repeats)
         print("\npredict on %d drawn 640x480 photos with %d faces, %d thread(s), fastest of %d passes; face "

@@ -201,6 +201,10 @@ def run_export(args):
     trained = locate(workdir=args.workdir, checkpoint=args.checkpoint, config_path=args.config, fold=args.fold,
                      overrides=args.set)
     require_fold(trained, args.workdir or args.checkpoint)
+    if trained.config.eval.batch_norm == "batch":
+        notes = notes + ["batch norm: the exported models use its moving averages (one photo has no batch to "
+                         "normalise with); the run scored its test folds with batch statistics "
+                         "(eval.batch_norm: batch), so their accuracy can differ from this table's"]
     report = export(trained, args.out, formats, latency_runs=args.latency_runs, threads=args.threads)
     print(format_report(report, notes))
     print("wrote %s" % os.path.join(args.out, "export.json"))

@@ -23,6 +23,7 @@ from lmtcnn.faces import draw_labels, face_crop, find_faces, load_detector, read
 from lmtcnn.files import write_bytes_atomic
 
 GENDER_WORDS = {"m": "male", "f": "female"}
+ENCODABLE = (".jpg", ".jpeg", ".jpe", ".png", ".bmp")  # what every OpenCV build writes
 DECIMALS = 4
 
 
@@ -80,15 +81,20 @@ def _one_photo(path, model, detector, names, out, err):
 
 
 def describe_face(path, number, count, box, age_probs, gender_probs):
-    """The JSON record of one face."""
-    ages = [(group, round(float(p), DECIMALS)) for group, p in zip(AGE_GROUPS, age_probs)]
-    genders = [(label, round(float(p), DECIMALS)) for label, p in zip(GENDERS, gender_probs)]
-    top2 = sorted(ages, key=lambda item: -item[1])[:2]
-    gender = max(genders, key=lambda item: item[1])
+    """The JSON record of one face. Classes are ranked on the model's own values and
+    rounded only for printing, so two that round alike never swap."""
+    ages = sorted(range(len(AGE_GROUPS)), key=lambda i: -float(age_probs[i]))
+    gender = int(np.argmax(gender_probs))
+
+    def rounded(p):
+        return round(float(p), DECIMALS)
+
     return {"file": path, "face": number, "faces": count, "box": [int(v) for v in box],
-            "age": {"group": top2[0][0], "probability": top2[0][1],
-                    "top2": [{"group": g, "probability": p} for g, p in top2], "probabilities": dict(ages)},
-            "gender": {"label": gender[0], "probability": gender[1], "probabilities": dict(genders)}}
+            "age": {"group": AGE_GROUPS[ages[0]], "probability": rounded(age_probs[ages[0]]),
+                    "top2": [{"group": AGE_GROUPS[i], "probability": rounded(age_probs[i])} for i in ages[:2]],
+                    "probabilities": {g: rounded(p) for g, p in zip(AGE_GROUPS, age_probs)}},
+            "gender": {"label": GENDERS[gender], "probability": rounded(gender_probs[gender]),
+                       "probabilities": {g: rounded(p) for g, p in zip(GENDERS, gender_probs)}}}
 
 
 def readable(face):
@@ -121,7 +127,10 @@ def _refuse_source_folder(directory, photos):
     replace them."""
     target = os.path.realpath(directory)
     for photo in photos:
-        if os.path.realpath(os.path.dirname(os.path.abspath(photo))) == target:
+        # The folder the photo is named in, and the one its file really is in (a link).
+        folders = {os.path.realpath(os.path.dirname(os.path.abspath(photo))),
+                   os.path.dirname(os.path.realpath(photo))}
+        if target in folders:
             raise UserError("--annotate %s: holds %s itself, which its annotated copy would replace; name another "
                             "directory" % (directory, photo))
 
@@ -143,7 +152,9 @@ class _AnnotatedNames:
 
     def next(self, photo_path):
         stem, ext = os.path.splitext(os.path.basename(photo_path))
-        ext = ext or ".png"  # OpenCV picks the encoding by the extension
+        # OpenCV picks the encoding by the extension; one it cannot write (.jfif, none)
+        # is written as PNG.
+        ext = ext if ext.lower() in ENCODABLE else ".png"
         name, number = stem + ext, 1
         while name in self.taken:
             number += 1

@@ -5,6 +5,7 @@ the readable lines on a terminal. Real TensorFlow, OpenCV and files."""
 import json
 import os
 import pty
+import shutil
 import subprocess
 import sys
 
@@ -207,3 +208,32 @@ def test_a_terminal_gets_a_readable_line_before_each_json_line(exported, photos)
             photos["two.png"], record["face"], *record["box"], first["group"], 100 * first["probability"],
             second["group"], 100 * second["probability"], gender, 100 * record["gender"]["probability"])
     assert texts[2] == "%s: no face found" % photos["none.jpg"]
+
+
+def test_labels_follow_the_model_not_its_rounded_probabilities():
+    from lmtcnn.predict import describe_face
+
+    face = describe_face("x.jpg", 1, 1, (0, 0, 9, 9), [0.1, 0.29999, 0.30001, 0.1, 0.1, 0.05, 0.05, 0.1],
+                         [0.49996, 0.50004])
+    assert [item["group"] for item in face["age"]["top2"]] == [AGE_GROUPS[2], AGE_GROUPS[1]]
+    assert face["gender"]["label"] == GENDERS[1] and face["gender"]["probabilities"] == {"m": 0.5, "f": 0.5}
+
+
+def test_annotate_writes_a_photo_of_an_unwritable_type_as_png_and_spares_linked_photos(exported, photos,
+                                                                                      tmp_path):
+    jfif = tmp_path / "download.jfif"  # a JPEG as browsers save it; OpenCV reads it, cannot write .jfif
+    shutil.copy(photos["one.jpg"], str(jfif))
+    out = tmp_path / "annotated"
+    status, lines, err = predict(str(jfif), photos["none.jpg"], "--model", exported.paths["tflite"],
+                                 "--annotate", str(out))
+    assert status == 0, err
+    assert sorted(os.listdir(str(out))) == ["download.png", "none.jpg"]
+    assert [line["faces"] for line in lines] == [1, 0]
+    # A link to a photo, annotated into the folder the photo really is in: refused.
+    links = tmp_path / "links"
+    links.mkdir()
+    os.symlink(photos["one.jpg"], str(links / "one.jpg"))
+    before = open(photos["one.jpg"], "rb").read()
+    status, out_text, err = run_main(["predict", str(links / "one.jpg"), "--model", exported.paths["tflite"],
+                                      "--annotate", os.path.dirname(photos["one.jpg"])])
+    assert status == 2 and "would replace" in err and open(photos["one.jpg"], "rb").read() == before

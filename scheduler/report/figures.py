@@ -87,7 +87,7 @@ def training_curves(h):
 def accuracy_bars(results):
     """Per-fold test accuracy, one panel per metric, with mean and sample std, and the
     published per-fold results as markers when the data is real Adience."""
-    folds = [row for row in results["folds"]]
+    folds = results["folds"]
     labels = ["%d" % row["fold"] for row in folds] + ["mean"]
     fig = Figure(figsize=(11, 6.5), constrained_layout=True)
     axes = fig.subplots(2, 2).ravel()
