@@ -42,8 +42,9 @@ test-faults: $(VENV)/.installed
 	LMTCNN_FAULT_REPORT=$(FAULT_REPORT) $(PY) -m pytest -q -m "faults or matrix" tests
 
 bench: $(VENV)/.installed
-	$(PY) bench/input_vs_step.py
+	$(PY) bench/step_speed.py
 	$(PY) bench/pipeline_threads.py
+	$(PY) bench/scheduler_overhead.py
 	$(PY) bench/prepare_workers.py
 	$(PY) bench/export_formats.py
 

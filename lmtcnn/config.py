@@ -21,8 +21,12 @@ MIN_IMAGE_SIZE = 47  # conv 7/4 -> pool 3/2 -> depthwise /2 -> pool 3/2 must lea
 NPU_PRECISION_MODES = ("", "allow_fp32_to_fp16", "force_fp16", "force_fp32", "must_keep_origin_dtype",
                        "allow_mix_precision", "allow_mix_precision_fp16", "allow_mix_precision_bf16",
                        "allow_fp32_to_bf16", "cube_fp16in_fp32out")
+# The Ascend modes that are mixed precision: what `train.precision: mixed` may run as.
+NPU_MIXED_MODES = ("allow_mix_precision", "allow_mix_precision_fp16", "allow_mix_precision_bf16")
+PRECISIONS = ("fp32", "mixed")
 DEVICES = ("auto", "cpu", "gpu", "npu")
 AUGMENTATIONS = ("authors", "none")
+CACHE_MODES = ("auto", "off", "decoded", "view")  # train.cache; see lmtcnn.input_pipeline
 BATCH_NORM_AT_TEST = ("moving", "batch")
 
 
@@ -98,6 +102,17 @@ class TrainConfig:
     # brightness and contrast, standardise; "none" = the test view (resize to the input
     # size, standardise), as the Ascend port trains (its distortions are commented out).
     augment: str = "authors"
+    # Keep the training images in memory after the first epoch instead of decoding every
+    # JPEG every epoch: "decoded" pixels (uint8 at the stored 256x256, 196 KB an image;
+    # the authors' distortions still run each epoch), the finished test "view" (augment
+    # none only; float32 at the input size, 618 KB an image at 227), "off", or "auto": on
+    # an NPU or GPU the view when it fits in cache_memory_mb, else the decoded pixels when
+    # they fit, else off; on a CPU off (the network, not the input, bounds a CPU fold). Each image's training view is unchanged; only later epochs keep the first
+    # epoch's record-file order (lmtcnn.input_pipeline.train_batches says why that is fine).
+    cache: str = "auto"
+    # Memory per fold that cache "auto" may take. The default holds Adience's largest
+    # training split decoded (12,056 images: 2.2 GiB), not its test view (6.9 GiB).
+    cache_memory_mb: int = 4096
     # Parallel image decoding/augmentation calls (the seed's num_preprocess_threads);
     # 0: the fold's CPUs (scheduler.cpus_per_fold), or this host's cores standalone.
     preprocess_threads: int = 0
@@ -106,6 +121,16 @@ class TrainConfig:
     # Ascend `precision_mode`; empty keeps the chip's default
     # (910: allow_fp32_to_fp16, 910B: must_keep_origin_dtype).
     npu_precision_mode: str = ""
+    # "mixed": float16 where it is safe, float32 elsewhere, per device (lmtcnn.device.
+    # precision_plan): NPU precision_mode allow_mix_precision unless npu_precision_mode
+    # names a mixed mode itself; GPU TF's automatic mixed precision with dynamic loss
+    # scaling; CPU float32 (bfloat16 measured slower, docs/BENCHMARKS.md). "fp32" leaves
+    # the NPU at npu_precision_mode (empty: the chip's default).
+    precision: str = "fp32"
+    # GPU only: the share of the GPU's memory TensorFlow may take (per_process_gpu_memory_fraction),
+    # for folds sharing one GPU; 0 grows as needed (allow_growth), right for a GPU of one's own.
+    # The scheduler fills it from scheduler.folds_per_gpu when left 0.
+    gpu_memory_fraction: float = 0.0
 
     def validate(self):
         if self.device not in DEVICES:
@@ -118,6 +143,13 @@ class TrainConfig:
             yield "preprocess_threads", "must be >= 0 (0: one per CPU of the fold)"
         if self.augment not in AUGMENTATIONS:
             yield "augment", "must be one of %s" % ", ".join(AUGMENTATIONS)
+        if self.cache not in CACHE_MODES:
+            yield "cache", "must be one of %s" % ", ".join(CACHE_MODES)
+        elif self.cache == "view" and self.augment != "none":
+            yield "cache", "view needs train.augment none (the random crop needs the whole stored image); use " \
+                           "decoded or auto"
+        if self.cache_memory_mb < 0:
+            yield "cache_memory_mb", "must be >= 0"
         if self.learning_rate <= 0:
             yield "learning_rate", "must be > 0"
         if not 0 < self.decay_rate <= 1:
@@ -130,9 +162,17 @@ class TrainConfig:
                 yield key, "must be >= 0"
         if self.epochs == 0 or self.epochs < -1:
             yield "epochs", "must be -1 (use max_steps) or > 0"
+        if not 0 <= self.gpu_memory_fraction <= 1:
+            yield "gpu_memory_fraction", "must be in [0, 1] (0: grow as needed)"
         if self.npu_precision_mode not in NPU_PRECISION_MODES:
             yield "npu_precision_mode", "must be empty (the chip's default) or one of %s" % ", ".join(
                 NPU_PRECISION_MODES[1:])
+        if self.precision not in PRECISIONS:
+            yield "precision", "must be one of %s" % ", ".join(PRECISIONS)
+        elif self.precision == "mixed" and self.npu_precision_mode not in ("",) + NPU_MIXED_MODES:
+            yield "precision", "mixed contradicts train.npu_precision_mode %s; leave npu_precision_mode empty " \
+                               "(mixed then runs as allow_mix_precision), set it to one of %s, or set precision " \
+                               "fp32" % (self.npu_precision_mode, ", ".join(NPU_MIXED_MODES))
 
 
 @dataclass

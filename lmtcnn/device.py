@@ -6,6 +6,7 @@ ASCEND_DEVICE_ID (logical) within ASCEND_RT_VISIBLE_DEVICES, which the scheduler
 before TensorFlow loads; standalone, the user's environment applies unchanged.
 """
 
+import collections
 import glob
 import importlib.util
 
@@ -49,8 +50,41 @@ def activate_device(device):
         importlib.import_module("npu_bridge.npu_init")
 
 
-def session_config(device, cpu_threads=0, npu_precision_mode=""):
+# The oneDNN bfloat16 rewrite made this network's CPU step slower than float32 on the
+# machines measured (bench/step_speed.py, docs/BENCHMARKS.md), so the CPU trains in float32.
+CPU_BFLOAT16 = False
+
+PrecisionPlan = collections.namedtuple("PrecisionPlan", "npu_precision_mode gpu_mixed_precision loss_scaling message")
+
+
+def precision_plan(device, precision="fp32", npu_precision_mode=""):
+    """What `train.precision` does on `device` (config validation has refused a mixed
+    precision with a non-mixed npu_precision_mode).
+
+    NPU: precision_mode npu_precision_mode if given, else allow_mix_precision for mixed,
+      else empty (the chip's default). GPU mixed: TF's automatic mixed precision rewrite
+      (session config) and dynamic loss scaling (the optimizer). CPU mixed: float32, with
+      a message saying so.
+    """
+    mixed = precision == "mixed"
+    if device == "npu":
+        return PrecisionPlan(npu_precision_mode or ("allow_mix_precision" if mixed else ""), False, False, None)
+    if device == "gpu" and mixed:
+        return PrecisionPlan("", True, True, None)
+    if mixed and not CPU_BFLOAT16:
+        return PrecisionPlan("", False, False, (
+            "train.precision mixed: the CPU trains in float32 (bfloat16 stepped slower than float32 here, "
+            "docs/BENCHMARKS.md); mixed precision applies on a GPU or an NPU"))
+    return PrecisionPlan("", False, False, None)
+
+
+def session_config(device, cpu_threads=0, npu_precision_mode="", gpu_memory_fraction=0.0, precision="fp32"):
     """A tf.ConfigProto for `device`.
+
+    precision: train.precision, mapped per device by precision_plan.
+
+    GPU: memory grows as needed; with gpu_memory_fraction > 0 it grows no further than
+    that share of the GPU's memory, so folds that share one GPU cannot starve each other.
 
     NPU: the NpuOptimizer custom graph pass in offline mode, with TF's remapping and
     memory-optimisation rewrites off (they conflict with the adapter's graph partitioning)
@@ -69,12 +103,20 @@ def session_config(device, cpu_threads=0, npu_precision_mode=""):
         npu = config.graph_options.rewrite_options.custom_optimizers.add()
         npu.name = "NpuOptimizer"
         npu.parameter_map["use_off_line"].b = True
+        npu_precision_mode = precision_plan(device, precision, npu_precision_mode).npu_precision_mode
         if npu_precision_mode:
             npu.parameter_map["precision_mode"].s = tf.compat.as_bytes(npu_precision_mode)
         config.graph_options.rewrite_options.remapping = RewriterConfig.OFF
         config.graph_options.rewrite_options.memory_optimization = RewriterConfig.OFF
     elif device == "gpu":
         config.gpu_options.allow_growth = True
+        if precision_plan(device, precision).gpu_mixed_precision:
+            # The graph rewrite casts to float16 what is safe to (TF's allow list); the
+            # optimizer's loss scaling is built with the graph (lmtcnn.graph).
+            config.graph_options.rewrite_options.auto_mixed_precision = RewriterConfig.ON
+        if gpu_memory_fraction:
+            # A cap, not a reservation: allow_growth still takes memory only as it is used.
+            config.gpu_options.per_process_gpu_memory_fraction = gpu_memory_fraction
     else:
         config.device_count["GPU"] = 0
     return config

@@ -5,7 +5,14 @@ import os
 
 from lmtcnn import input_pipeline
 from lmtcnn.model import WEIGHT_DECAY_COLLECTION, build_lmtcnn
-from lmtcnn.tfcompat import tf
+from lmtcnn.tfcompat import VERSION, tf
+
+# With cpu_ops, the batch-norm kernel: TF 2's fused (oneDNN) kernel ran BN alone about 4x
+# faster than the ops of tf.nn.moments, TF 1.15's did not; bench/step_speed.py times both.
+FUSED_BN_ON_CPU = not VERSION.startswith("1.")
+# Whether a CPU fold trains with cpu_ops: on TF 2 the step was faster with them in every
+# round of bench/step_speed.py; on TF 1.15 no faster beyond the noise, so its ops stay.
+CPU_OPS_FOR_FOLDS = not VERSION.startswith("1.")
 
 TrainingGraph = collections.namedtuple("TrainingGraph", [
     "tf_graph", "global_step", "train_op", "step_after", "loss", "learning_rate",
@@ -29,18 +36,38 @@ def multitask_loss(age_logits, gender_logits, ages, genders, train_config):
     return age_ce + gender_ce + train_config.regularization_scale * decay
 
 
-def build_training_graph(config, train_files, stored_size, seed=0):
-    """Graph for training `config` on `train_files`, plus a BN-moving-average eval tower."""
+def build_training_graph(config, train_files, stored_size, seed=0, inputs=None, loss_scaling=False, cpu_ops=False,
+                         train_images=0, accelerator=False):
+    """Graph for training `config` on `train_files`, plus a BN-moving-average eval tower.
+
+    inputs: optional callable() -> (images, ages, genders) that makes the training batch
+      in the graph instead of the input pipeline over `train_files`: the benchmarks train
+      the same network on placeholders or on a batch held in variables.
+    loss_scaling: wrap the optimizer in dynamic loss scaling (GPU mixed precision: the
+      float16 gradients of small losses would underflow without it); see
+      lmtcnn.device.precision_plan.
+    cpu_ops: train with other formulations of LRN and batch norm (lmtcnn.model.build_lmtcnn's
+      lrn_as_matmul, fused_batch_norm; the same values to float rounding) that stepped
+      faster on a CPU with TF 2 (CPU_OPS_FOR_FOLDS). Accelerators keep TF's own ops.
+    train_images: the training split's image count, for train.cache auto (0: unknown, no cache).
+    accelerator: the fold trains on an NPU or GPU, where train.cache auto caches (not on a CPU).
+    """
     tc, mc = config.train, config.model
     graph = tf.Graph()
     with graph.as_default():
         tf.set_random_seed(seed)
         global_step = tf.train.get_or_create_global_step()
-        images, ages, genders = input_pipeline.train_batches(
-            train_files, tc.batch_size, mc.image_size, stored_size, tc.shuffle_buffer, decoding_threads(tc), seed,
-            augment=tc.augment == "authors")
+        if inputs is None:
+            images, ages, genders = input_pipeline.train_batches(
+                train_files, tc.batch_size, mc.image_size, stored_size, tc.shuffle_buffer, decoding_threads(tc),
+                seed, augment=tc.augment == "authors", cache=input_pipeline.choose_cache(
+                    tc.cache, tc.augment == "authors", train_images, mc.image_size, stored_size, tc.cache_memory_mb,
+                    accelerator=accelerator))
+        else:
+            images, ages, genders = inputs()
         age_logits, gender_logits, _ = build_lmtcnn(images, mc.type, is_training=True,
-                                                    dropout_prob=mc.dropout_prob, bn_decay=mc.batch_norm_decay)
+                                                    dropout_prob=mc.dropout_prob, bn_decay=mc.batch_norm_decay,
+                                                    lrn_as_matmul=cpu_ops, fused_batch_norm=cpu_ops and FUSED_BN_ON_CPU)
         # The network's variables (weights, BN statistics), taken before the optimizer adds
         # its Momentum slots under the same "lmtcnn/" scope.
         model_variables = [v for v in tf.global_variables() if v.op.name.startswith("lmtcnn/")]
@@ -48,6 +75,14 @@ def build_training_graph(config, train_files, stored_size, seed=0):
         learning_rate = tf.train.exponential_decay(tc.learning_rate, global_step, tc.steps_per_decay,
                                                    tc.decay_rate, staircase=True)
         optimizer = tf.train.MomentumOptimizer(learning_rate, tc.momentum)
+        if loss_scaling:
+            # The loss is scaled up before the gradients and they are scaled back down; a
+            # step whose gradients overflow is skipped (global_step stays, the scale
+            # halves), so a fold counts only the updates it applied. TF's own
+            # enable_mixed_precision_graph_rewrite does this too but also switches the
+            # rewrite on for every later session of the process; the rewrite is asked for
+            # in this fold's session config instead (lmtcnn.device.session_config).
+            optimizer = tf.train.experimental.MixedPrecisionLossScaleOptimizer(optimizer, "dynamic")
         grads, variables = zip(*optimizer.compute_gradients(loss))
         if tc.clip_norm > 0:
             grads, _ = tf.clip_by_global_norm(grads, tc.clip_norm)

@@ -1,7 +1,8 @@
 """tf.data pipelines over the prepared TFRecords, with static batch shapes.
 
 Training: interleaved group files -> shuffle -> repeat -> decode + augment -> batch with
-drop_remainder. Evaluation: every image once, in order; the last batch is padded to full
+drop_remainder; with train.cache, decoding (and for augment none the whole test view) moves
+before the shuffle into an in-memory cache, so only the first epoch decodes JPEGs. Evaluation: every image once, in order; the last batch is padded to full
 size with examples whose `valid` is 0, so shapes stay static (one compiled graph on
 the NPU) and padding never counts. Export: `input_images` reads a split's first images
 as uint8 model inputs (calibration and parity checks of the exported formats).
@@ -13,12 +14,17 @@ REFERENCE_CROP = 227.0 / 256.0  # the seed crops 227 out of 256
 
 
 def _parse(serialized):
+    image, age, gender = _parse_uint8(serialized)
+    return tf.cast(image, tf.float32), age, gender
+
+
+def _parse_uint8(serialized):
     features = tf.parse_single_example(serialized, {
         "image/encoded": tf.FixedLenFeature([], tf.string),
         "image/ageclass/label": tf.FixedLenFeature([], tf.int64),
         "image/genderclass/label": tf.FixedLenFeature([], tf.int64),
     })
-    image = tf.cast(tf.image.decode_jpeg(features["image/encoded"], channels=3), tf.float32)
+    image = tf.image.decode_jpeg(features["image/encoded"], channels=3)
     return image, features["image/ageclass/label"], features["image/genderclass/label"]
 
 
@@ -53,24 +59,98 @@ def _resized(images, image_size):
     return images
 
 
+# What train.cache may keep in memory per training image: the decoded pixels (uint8 at
+# the stored size) or, with augment none, the finished test view (float32 at the input
+# size). The view costs more memory (227x227x3 float32 is 3.1x a 256x256x3 uint8 image)
+# and saves every per-image operation; the decoded pixels save the JPEG decoding, which is
+# most of the pipeline's cost per image (bench/pipeline_threads.py).
+
+
+def cache_bytes(kind, images, image_size, stored_size=256):
+    """Memory that caching `images` training images as `kind` ("decoded" or "view") takes."""
+    if kind == "view":
+        return images * image_size * image_size * 3 * 4
+    return images * stored_size * stored_size * 3
+
+
+def choose_cache(mode, augment, images, image_size, stored_size=256, limit_mb=4096, accelerator=True):
+    """What the training pipeline keeps in memory: "off", "decoded" or "view".
+
+    auto: on an accelerator, the most finished stage that fits in `limit_mb`
+    (train.cache_memory_mb): the test view when augment is off, else the decoded images,
+    else nothing. On a CPU (`accelerator` False) nothing: the network bounds a CPU fold, its
+    input pipeline already runs about ten times faster than its step, and a cache would
+    only cost gigabytes. `images`: the training
+    split's image count with repeats (its count in the manifest); 0 (unknown) caches nothing
+    in auto mode. The explicit modes are taken as they are (config validation refuses
+    "view" with augmentation, whose random crop must see the whole stored image).
+    """
+    if mode != "auto":
+        return mode
+    if images <= 0 or not accelerator:
+        return "off"
+    for kind in (("decoded",) if augment else ("view", "decoded")):
+        if cache_bytes(kind, images, image_size, stored_size) <= limit_mb * 2 ** 20:
+            return kind
+    return "off"
+
+
 def train_batches(files, batch_size, image_size, stored_size=256, shuffle_buffer=2000, threads=4, seed=0,
-                  augment=True):
+                  augment=True, cache="off"):
     """Endless (images [b,s,s,3], ages [b], genders [b]) batches from `files`.
 
     augment: the authors' distortions; False trains on the test view, as the Ascend port
     does (its distortions are commented out).
+    cache: "off" decodes every image every epoch; "decoded" keeps the decoded images of
+    the first epoch in memory; "view" (augment False only) keeps the finished test view.
+    See choose_cache.
     """
     ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=len(files), block_length=1)
-    ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
 
     view = _augment if augment else _whole
+    if cache == "off":
+        def prepare(serialized):
+            image, age, gender = _parse(serialized)
+            return view(image, image_size, stored_size), age, gender
 
-    def prepare(serialized):
-        image, age, gender = _parse(serialized)
-        return view(image, image_size, stored_size), age, gender
+        ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
+        ds = ds.map(prepare, num_parallel_calls=threads)
+    else:
+        if cache == "view" and augment:
+            raise ValueError("cache 'view' needs augment off: the random crop takes the whole stored image")
+        # Only what is the same every epoch goes before the cache: decoding (and, for
+        # "view", the test view, which has no randomness); the random distortions stay
+        # after it. Each image's training view is therefore what the uncached pipeline
+        # makes of it (tests/test_input_cache.py checks the test view bit for bit).
+        #
+        # The order of the images. The uncached pipeline, inside its repeat, reshuffles
+        # the record files each epoch and then draws from a shuffle buffer reseeded each
+        # epoch. The cache records the first epoch's stream, so later epochs read the
+        # files in the first epoch's file order; the shuffle buffer after the cache is
+        # still reseeded each epoch as before (it keeps the same seed, so epoch 1 is the
+        # very same sequence as uncached). What the frozen file order changes: the
+        # round-robin interleave takes one record from each file in turn, so a record's
+        # place in the stream moves by less than len(files) positions (one round), while
+        # the buffer mixes every shuffle_buffer (2000 by default) consecutive records
+        # anew each epoch; batches stay random draws from a moving window of the split,
+        # epochs stay permutations of it. The buffer holds references to the cached
+        # tensors, so it adds no memory to the cache.
+        def decoded(serialized):
+            image, age, gender = _parse_uint8(serialized)
+            if cache == "view":
+                image = _whole(tf.cast(image, tf.float32), image_size, stored_size)
+            return image, age, gender
 
-    ds = ds.map(prepare, num_parallel_calls=threads)
+        ds = ds.map(decoded, num_parallel_calls=threads).cache()
+        ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
+        if cache == "decoded":
+            # The cast to float32 after the cache, as _parse casts: the same pixels at
+            # a quarter of the memory.
+            def distorted(image, age, gender):
+                return view(tf.cast(image, tf.float32), image_size, stored_size), age, gender
+
+            ds = ds.map(distorted, num_parallel_calls=threads)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
     return tf.data.make_one_shot_iterator(ds).get_next()
 

@@ -14,6 +14,7 @@ NUM_GENDERS = 2
 WIDTHS = {"LMTCNN-1-1": (256, 384), "LMTCNN-2-1": (512, 384)}
 BN_DECAY = 0.999  # the reference; short runs need less (model.batch_norm_decay)
 BN_EPSILON = 1e-3
+LRN_RADIUS, LRN_BIAS, LRN_ALPHA, LRN_BETA = 5, 1.0, 1e-4, 0.75
 WEIGHT_DECAY_COLLECTION = "lmtcnn_decayed_weights"  # conv and FC kernels, not heads or biases
 
 Layer = collections.namedtuple("Layer", "name shape params")
@@ -37,7 +38,8 @@ class _Recorder:
         return tensor
 
 
-def build_lmtcnn(images, model_type, is_training, dropout_prob=0.0, bn_decay=BN_DECAY, test_batch_weights=None):
+def build_lmtcnn(images, model_type, is_training, dropout_prob=0.0, bn_decay=BN_DECAY, test_batch_weights=None,
+                 lrn_as_matmul=False, fused_batch_norm=False):
     """The network on a batch of standardised NHWC float images.
 
     Args:
@@ -51,6 +53,12 @@ def build_lmtcnn(images, model_type, is_training, dropout_prob=0.0, bn_decay=BN_
         statistics of this batch instead of the moving averages, counting each image by
         its weight (0 for padding). The reference evaluates this way (it never passes
         is_training); kept to reproduce its published numbers.
+      lrn_as_matmul: compute the LRN as a matrix product with a band of ones (the same
+        sums, so the same values to float rounding); its gradient is then two matrix
+        products, which ran faster on the CPU than TF's own LRNGrad (bench/step_speed.py).
+        Off for the graphs that are exported: an NPU or TFLite has its own LRN kernel.
+      fused_batch_norm: training BN through TF's fused kernel (the same batch statistics
+        and normalisation, to float rounding); faster where TF's build makes it so.
     Returns: (age_logits [batch, 8], gender_logits [batch, 2], layers: list of Layer).
     """
     width1, width2 = WIDTHS[model_type]
@@ -58,9 +66,9 @@ def build_lmtcnn(images, model_type, is_training, dropout_prob=0.0, bn_decay=BN_
     with tf.variable_scope("lmtcnn", reuse=tf.AUTO_REUSE):
         x = rec.add("conv1", _conv(images, "conv1", 7, 96, stride=4, padding="VALID"))
         x = rec.add("pool1", tf.nn.max_pool(x, [1, 3, 3, 1], [1, 2, 2, 1], "VALID"))
-        x = rec.add("norm1", tf.nn.local_response_normalization(x, depth_radius=5, bias=1.0,
-                                                                alpha=1e-4, beta=0.75))
-        bn = (is_training, bn_decay, test_batch_weights)
+        lrn = _lrn_as_matmul if lrn_as_matmul else tf.nn.local_response_normalization
+        x = rec.add("norm1", lrn(x, depth_radius=LRN_RADIUS, bias=LRN_BIAS, alpha=LRN_ALPHA, beta=LRN_BETA))
+        bn = (is_training, bn_decay, test_batch_weights, fused_batch_norm)
         x = rec.add("separable1", _separable(x, "separable1", width1, 1, bn))
         x = rec.add("separable2", _separable(x, "separable2", width2, 2, bn))
         x = rec.add("pool2", tf.nn.max_pool(x, [1, 3, 3, 1], [1, 2, 2, 1], "VALID"))
@@ -100,7 +108,18 @@ def _separable(x, name, filters, stride, bn):
             return _batch_norm(x, *bn)
 
 
-def _batch_norm(x, is_training, decay, test_batch_weights=None):
+def _lrn_as_matmul(x, depth_radius, bias, alpha, beta):
+    """tf.nn.local_response_normalization, written as ops with cheaper gradients: each
+    channel's sum of squares over its window of 2r+1 channels is the product of the
+    squares with a [depth, depth] band of ones."""
+    depth = int(x.shape[-1])
+    rows = tf.range(depth)[:, None]
+    band = tf.cast(tf.abs(rows - tf.transpose(rows)) <= depth_radius, x.dtype)
+    sums = tf.reshape(tf.matmul(tf.reshape(tf.square(x), [-1, depth]), band), tf.shape(x))
+    return x * tf.pow(bias + alpha * sums, -beta)
+
+
+def _batch_norm(x, is_training, decay, test_batch_weights=None, fused=False):
     """BN with centre (beta) and no scale, as the reference; moving averages in UPDATE_OPS."""
     channels = int(x.shape[-1])
     with tf.variable_scope("bn"):
@@ -109,18 +128,28 @@ def _batch_norm(x, is_training, decay, test_batch_weights=None):
                                       trainable=False)
         moving_var = tf.get_variable("moving_variance", [channels], initializer=tf.ones_initializer(),
                                      trainable=False)
+        if is_training and fused:
+            y, mean, var = tf.nn.fused_batch_norm(x, tf.ones([channels], x.dtype), beta, epsilon=BN_EPSILON,
+                                                  is_training=True)
+            # The fused kernel returns the variance with Bessel's correction (n / (n - 1));
+            # the moving average keeps the plain batch variance, as tf.nn.moments gives it.
+            count = float(x.shape[:3].num_elements())
+            _update_moving(moving_mean, moving_var, mean, var * ((count - 1) / count), decay)
+            return y
         if is_training:
             mean, var = tf.nn.moments(x, [0, 1, 2])
-            tf.add_to_collection(tf.GraphKeys.UPDATE_OPS,
-                                 tf.assign(moving_mean, decay * moving_mean + (1 - decay) * mean))
-            tf.add_to_collection(tf.GraphKeys.UPDATE_OPS,
-                                 tf.assign(moving_var, decay * moving_var + (1 - decay) * var))
+            _update_moving(moving_mean, moving_var, mean, var, decay)
         elif test_batch_weights is not None:
             weights = tf.reshape(test_batch_weights, [-1, 1, 1, 1])
             mean, var = tf.nn.weighted_moments(x, [0, 1, 2], weights)
         else:
             mean, var = moving_mean, moving_var
         return tf.nn.batch_normalization(x, mean, var, beta, None, BN_EPSILON)
+
+
+def _update_moving(moving_mean, moving_var, mean, var, decay):
+    tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, tf.assign(moving_mean, decay * moving_mean + (1 - decay) * mean))
+    tf.add_to_collection(tf.GraphKeys.UPDATE_OPS, tf.assign(moving_var, decay * moving_var + (1 - decay) * var))
 
 
 def _fc(x, name, units, stddev, bias_init, relu=True):

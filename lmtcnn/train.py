@@ -12,12 +12,12 @@ import time
 import numpy as np
 
 from lmtcnn import events, workdir as layout
-from lmtcnn.device import activate_device, resolve_device, session_config
+from lmtcnn.device import activate_device, precision_plan, resolve_device, session_config
 from lmtcnn.errors import TrainingDiverged, UserError
 from lmtcnn.checkpoint_names import map_variables, read_shapes
 from lmtcnn.evaluate import batch_norm_label, evaluate_split, find_checkpoint
 from lmtcnn.files import write_json_atomic
-from lmtcnn.graph import build_training_graph
+from lmtcnn.graph import CPU_OPS_FOR_FOLDS, build_training_graph
 from lmtcnn.input_pipeline import find_corrupt_record
 from lmtcnn.prepare import check_fold_data, fold_test_fingerprint, load_manifest, split_files
 from lmtcnn.tfcompat import VERSION, tf
@@ -68,8 +68,13 @@ def _train(config, fold, workdir, report, stop_requested, started):
     # A resumed attempt shuffles differently from the first (same seed, other offset), so
     # it does not replay the images the first attempt began with.
     seed = config.train.seed + 1000 * fold + max(_latest_step(ckpt_dir), 0)
-    graph = build_training_graph(config, train_files, manifest["image_size"], seed=seed)
-    tf_config = session_config(device, config.train.cpu_threads, config.train.npu_precision_mode)
+    precision = precision_plan(device, config.train.precision, config.train.npu_precision_mode)
+    graph = build_training_graph(config, train_files, manifest["image_size"], seed=seed,
+                                 loss_scaling=precision.loss_scaling, cpu_ops=device == "cpu" and CPU_OPS_FOR_FOLDS,
+                                 train_images=train_count, accelerator=device in ("npu", "gpu"))
+    tf_config = session_config(device, config.train.cpu_threads, config.train.npu_precision_mode,
+                               gpu_memory_fraction=config.train.gpu_memory_fraction,
+                               precision=config.train.precision)
     with graph.tf_graph.as_default(), tf.Session(config=tf_config) as sess:
         sess.run(tf.global_variables_initializer())
         start_step = _restore_or_warm_start(sess, graph, ckpt_dir, config.train.pretrained_checkpoint, report)
@@ -79,6 +84,8 @@ def _train(config, fold, workdir, report, stop_requested, started):
             writer.add_session_log(tf.SessionLog(status=tf.SessionLog.START), start_step)
         report(events.make(events.FOLD_STARTED, device=device, start_step=start_step, total_steps=steps,
                            train_images=train_count, tf_version=VERSION))
+        if precision.message:
+            report(events.make(events.MESSAGE, text=precision.message))
         try:
             _run_steps(sess, graph, config, fold, workdir, start_step, steps, writer, report, stop_requested,
                        counts["val"])

@@ -1,4 +1,4 @@
-"""`python -m scheduler {run,table,status,report,compare,list}`: LMTCNN's five folds on Ray."""
+"""`python -m scheduler {run,sweep,table,status,report,compare,list}`: LMTCNN's five folds on Ray."""
 
 import argparse
 import os
@@ -30,7 +30,23 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="take over the run directory from a driver on another "
                                                         "host that is gone (its driver.lock)")
 
-    for name, text in (("table", "print a run's per-fold accuracy table"),
+    p = commands.add_parser("sweep", help="run every cell of a grid of overrides, each a whole cross-validation, "
+                                          "under one driver; then one row per cell")
+    p.add_argument("sweep_file", nargs="?", metavar="SWEEP", help="YAML sweep file, e.g. configs/sweep-demo.yaml")
+    p.add_argument("--resume", metavar="SWEEP_DIR", help="continue a sweep: finished folds are kept, the others "
+                                                         "resume from their checkpoints")
+    p.add_argument("--address", help="Ray cluster to join (HOST:6379); default: scheduler.address, else a local "
+                                     "Ray instance")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of every cell, e.g. --set train.max_steps=100 (repeatable; on --resume "
+                        "scheduler.* only)")
+    p.add_argument("--sweep-dir", help="sweep directory (default <runs_root>/<name>-<time>)")
+    p.add_argument("--dry-run", action="store_true", help="print the cells and the plan and exit")
+    p.add_argument("--no-dashboard", action="store_true", help="plain progress lines instead of the live view")
+    p.add_argument("--no-report", action="store_true", help="skip each cell's report/ at the end")
+    p.add_argument("--force", action="store_true", help="take over cells from a driver on another host that is gone")
+
+    for name, text in (("table", "print a run's per-fold accuracy table (a sweep's: one row per cell)"),
                        ("report", "write RUN_DIR/report/: training curves, accuracy, age confusion and timeline "
                                   "figures and one self-contained report.html (also for unfinished runs)"),
                        ("status", "tell each fold's state in a finished, running or interrupted run")):
@@ -51,6 +67,12 @@ def main(argv=None):
                                          "accuracy, model")
     p.add_argument("runs_dir", nargs="?", default="runs", metavar="RUNS_DIR", help="default: runs")
     p.add_argument("--format", choices=("md", "csv", "json"), help="write this format to stdout instead of a table")
+    p = commands.add_parser("cluster-check", help="before a long run: can every Ray node run it? versions, "
+                                                  "devices, npu_bridge, NPU ids, data and run directory paths")
+    p.add_argument("config", nargs="?", metavar="CONFIG", help="YAML configuration whose paths to check (without: "
+                                                               "versions and devices only)")
+    p.add_argument("--address", help="Ray cluster (HOST:6379); default: scheduler.address, $RAY_ADDRESS, else a "
+                                     "local Ray instance")
 
     args = parser.parse_args(argv)
     from rich.console import Console
@@ -134,11 +156,46 @@ def run_command(args, console):
                live=live, dry_run=args.dry_run, force=args.force, report=not args.no_report)
 
 
+def sweep_command(args, console):
+    from scheduler.driver import run_sweep
+    from scheduler.sweep import load_sweep, load_sweep_dir
+
+    overrides = list(args.set)
+    if args.address:
+        overrides.append("scheduler.address=%s" % args.address)
+    if args.resume:
+        if args.sweep_file:
+            raise UserError("sweep: give a sweep file or --resume SWEEP_DIR, not both (the sweep keeps its cells)")
+        if args.sweep_dir:
+            raise UserError("--sweep-dir: a resumed sweep stays in %s" % args.resume)
+        sweep = load_sweep_dir(args.resume, overrides)
+    elif args.sweep_file:
+        sweep = load_sweep(args.sweep_file, overrides)
+    else:
+        raise UserError("sweep: name a sweep file, e.g. `python -m scheduler sweep configs/sweep-demo.yaml`")
+    live = console.is_terminal and not args.no_dashboard
+    return run_sweep(sweep, console, resumed=bool(args.resume), sweep_dir=args.sweep_dir or "", live=live,
+                     dry_run=args.dry_run, force=args.force, report=not args.no_report)
+
+
 def table_command(args, console):
     from scheduler.results import build_results, to_table
+    from scheduler.sweep import SWEEP_RECORD
 
+    if os.path.isfile(os.path.join(args.run_dir, SWEEP_RECORD)):
+        return sweep_table_command(args, console)
     view, _ = replay(args.run_dir)
     console.print(to_table(build_results(view)))
+    return 0
+
+
+def sweep_table_command(args, console):
+    from scheduler.sweep import load_sweep_dir
+    from scheduler.sweep_results import build_sweep_results, to_table
+
+    sweep = load_sweep_dir(args.run_dir)
+    views = {cell.index: replay(cell.run_dir)[0] for cell in sweep.cells}
+    console.print(to_table(build_sweep_results(sweep, views)))
     return 0
 
 
@@ -167,6 +224,12 @@ def compare_command(args, console):
     return compare(args, console)
 
 
+def cluster_check_command(args, console):
+    from scheduler.cluster_check import cluster_check_command as check
+
+    return check(args, console)
+
+
 def list_command(args, console):
     from scheduler.runs import list_command as list_runs
 
@@ -186,8 +249,8 @@ def report_command(args, console):
     return 0
 
 
-COMMANDS = {"run": run_command, "report": report_command, "table": table_command, "status": status_command,
-            "compare": compare_command, "list": list_command}
+COMMANDS = {"run": run_command, "sweep": sweep_command, "report": report_command, "table": table_command, "status": status_command,
+            "compare": compare_command, "list": list_command, "cluster-check": cluster_check_command}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,13 +1,15 @@
 """The progress channel: a small actor that fold tasks send events to, drained by the driver.
 
-Tasks call `push.remote(event)` without waiting, so a slow driver never slows training;
-the actor keeps every event in order until the driver collects it. It lives on the
+Tasks call `push_many.remote(events)` without waiting, so a slow driver never slows
+training; each call carries the events a task gathered while its previous call was in
+flight (scheduler.fold_task.Reporter), as one actor call costs far more than one event.
+The actor keeps every event in order until the driver collects it. It lives on the
 driver's node, so losing a worker host loses no history.
 
-If its process dies, Ray restarts it and replays the calls in flight; only events it held
-undrained are gone. Every event carries a sequence number per fold attempt, so the driver
-drops the duplicates a replay brings and counts what was lost; a fold's end travels in
-its task's return value and is never lost.
+If its process dies, Ray restarts it and replays the calls in flight, whole batches
+included; only events it held undrained are gone. Every event carries a sequence number
+per fold attempt, so the driver drops the duplicates a replay brings and counts what was
+lost; a fold's end travels in its task's return value and is never lost.
 """
 
 import os
@@ -22,6 +24,11 @@ class ProgressChannel:
 
     def push(self, event):
         self._events.append(event)
+
+    def push_many(self, events):
+        """A batch in the order the task numbered it. A replayed batch is appended again:
+        the driver drops its repeats by sequence number, as it does single events."""
+        self._events.extend(events)
 
     def flush(self):
         """A no-op a task waits for: calls from one caller run in order, so once it returns

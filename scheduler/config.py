@@ -6,6 +6,9 @@ from typing import List
 from lmtcnn.config import Config, load_config
 
 PLACEMENTS = ("auto", "npu", "gpu", "cpu")
+# 8 folds leave each 1/8 - 5% of the GPU's memory (placement.CUDA_CONTEXT_HEADROOM): 1.2 GB of
+# a 16 GB card. A run has 5 folds; a sweep may put more on one host.
+MAX_FOLDS_PER_GPU = 8
 
 
 @dataclass
@@ -16,6 +19,10 @@ class SchedulerConfig:
     folds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     # CPUs reserved per fold (input pipeline; the TF thread count when training on CPU).
     cpus_per_fold: int = 1
+    # GPU placement only: folds sharing one GPU. Each asks Ray for 1/N of a GPU and caps its
+    # TensorFlow at a little under 1/N of the GPU's memory (train.gpu_memory_fraction).
+    # NPUs are never shared: the Ascend runtime wants one process per chip.
+    folds_per_gpu: int = 1
     # Attempts after a worker or host dies; each resumes from the fold's last checkpoint.
     # A Python error in the fold (bad data, diverged loss) is not retried.
     max_retries: int = 2
@@ -48,6 +55,13 @@ class SchedulerConfig:
             yield "folds", "must list distinct folds from 0 to 4"
         if self.cpus_per_fold < 1:
             yield "cpus_per_fold", "must be >= 1 (a fold's input pipeline needs a CPU, and Ray must count it)"
+        if not 1 <= self.folds_per_gpu <= MAX_FOLDS_PER_GPU:
+            yield "folds_per_gpu", "must be from 1 (a GPU per fold) to %d (beyond that a fold's share of GPU " \
+                                   "memory, less room for its CUDA context, is too small to train in)" % (
+                                       MAX_FOLDS_PER_GPU)
+        elif self.folds_per_gpu > 1 and self.device == "npu":
+            yield "folds_per_gpu", "applies to GPUs only: the Ascend runtime wants one process per NPU; set " \
+                                   "scheduler.folds_per_gpu 1 with scheduler.device npu"
         if self.max_retries < 0:
             yield "max_retries", "must be >= 0"
         for key in ("stop_timeout_s", "startup_timeout_s", "unplaceable_timeout_s"):
@@ -72,6 +86,14 @@ class RunConfig(Config):
         if self.train.device in ("npu", "gpu") and self.scheduler.device not in ("auto", self.train.device):
             yield "train.device", "needs scheduler.device %s or auto (got scheduler.device %s)" % (
                 self.train.device, self.scheduler.device)
+        # An explicit memory cap must leave the other folds on the GPU theirs; 0 lets the
+        # scheduler choose (scheduler.placement.gpu_memory_fraction).
+        share = 1.0 / self.scheduler.folds_per_gpu if self.scheduler.folds_per_gpu >= 1 else 1.0
+        if self.train.gpu_memory_fraction > share:
+            yield "train.gpu_memory_fraction", "is more than 1/%d of the GPU that scheduler.folds_per_gpu %d " \
+                                               "shares; set it to 0 (the scheduler picks a little under 1/%d)" % (
+                                                   self.scheduler.folds_per_gpu, self.scheduler.folds_per_gpu,
+                                                   self.scheduler.folds_per_gpu)
 
 
 def load_run_config(path, overrides=()):

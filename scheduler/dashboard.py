@@ -9,7 +9,8 @@ or disk.
 Width: the columns narrow or drop in the fixed order of NARROWING until the table fits
 at its natural width (rich never cuts a cell); the progress bar takes the width left
 over, up to BAR_WIDTH. A wider window brings them back in reverse order. A shortened
-host:device keeps the device label whole and the host's end (`short_host`).
+host:device keeps the device label whole and the host's end (`short_host`). A GPU that
+several running folds share (scheduler.folds_per_gpu) shows their count: `host:GPU0 ×2`.
 Height: when not every fold gets a row, running, retrying and failed folds come first,
 then the reason and notice lines, then queued folds, then finished ones; one line counts
 what is left out.
@@ -28,7 +29,7 @@ from rich.text import Text
 
 from lmtcnn import events as ev
 from scheduler import state as st
-from scheduler.widths import Fitted, add_column, natural_width
+from scheduler.widths import Fitted, add_column
 
 STATE_STYLES = {"queued": "dim", "running": "cyan", "retrying": "yellow", "done": "green",
                 "failed": "bold red", "stopped": "magenta", "interrupted": "magenta"}
@@ -48,22 +49,22 @@ def render(view, now, width=None, height=None):
 class LiveView:
     """What `render` returns: it lays itself out when rich draws it."""
 
-    def __init__(self, view, now, width, height):
-        self.view, self.now, self.width, self.height = view, now, width, height
+    def __init__(self, view, now, width, height, title=None):
+        self.view, self.now, self.width, self.height, self.title = view, now, width, height, title
 
     def __rich_console__(self, console, options):
         options = options.update_width(self.width or options.max_width)
         height = self.height or options.height or options.size.height
-        return live_parts(self.view, self.now, console, options, height)
+        return live_parts(self.view, self.now, console, options, height, self.title)
 
 
-def live_parts(view, now, console, options, height):
+def live_parts(view, now, console, options, height, title=None):
     """Title, table, the line counting the folds and notes left out, summary, notes: at
     most `height` lines of options.max_width cells."""
     def lines_of(renderable):
         return len(console.render_lines(renderable, options))
 
-    title = Text("%s  %s" % (view.name, view.run_dir))
+    title = title or Text("%s  %s" % (view.name, view.run_dir))
     summary = Text(packed(summary_parts(view, now), options.max_width))
     room = height - lines_of(title) - TABLE_FRAME_LINES - lines_of(summary)
     folds, notes, left_out = within_height(view, room, lines_of)
@@ -101,7 +102,7 @@ def row_rank(fold):
 
 def note_lines(view):
     """Why each failed or retrying fold is so, then the latest notices."""
-    reasons = [Text("fold %d: %s" % (f.fold, f.reason), style=STATE_STYLES[f.state])
+    reasons = [Text("fold %s: %s" % (fold_cell(f), f.reason), style=STATE_STYLES[f.state])
                for f in sorted(view.folds.values(), key=lambda f: f.fold)
                if f.state in ("failed", "retrying") and f.reason]
     return reasons + [Text(n, style="yellow") for n in view.notices[-3:]]
@@ -121,19 +122,32 @@ def left_out_line(hidden):
 
 
 def fold_cell(f):
-    return str(f.fold)
+    return f.label or str(f.fold)
 
 
 def state_cell(f):
     return Text(f.state, style=STATE_STYLES.get(f.state, ""))
 
 
-def where_cell(f):
-    return "%s:%s" % (f.host, f.device) if f.host else "-"
+def where_cell(f, shared=None):
+    return "%s:%s%s" % (f.host, f.device, shared_mark(f, shared)) if f.host else "-"
 
 
-def short_where_cell(f):
-    return "%s:%s" % (short_host(f.host), f.device) if f.host else "-"
+def short_where_cell(f, shared=None):
+    return "%s:%s%s" % (short_host(f.host), f.device, shared_mark(f, shared)) if f.host else "-"
+
+
+def shared_gpus(folds):
+    """{(host, device label): running folds} of each GPU that more than one of `folds` runs
+    on now. Only GPUs: the scheduler never shares an NPU, and test clusters of several Ray
+    nodes on one host would show one host's NPU0 as shared."""
+    running = Counter((f.host, f.device) for f in folds if f.state == "running" and f.device.startswith("GPU"))
+    return {where: n for where, n in running.items() if n > 1}
+
+
+def shared_mark(f, shared):
+    n = (shared or {}).get((f.host, f.device)) if f.state == "running" else None
+    return " ×%d" % n if n else ""
 
 
 def short_host(host):
@@ -240,9 +254,10 @@ def fitted_table(folds, console, options):
     bar; the bar then takes the width left over."""
     for layout in LAYOUTS:
         columns, rows = table_cells(folds, layout, 0)
-        spare = options.max_width - natural_width(console, options, live_table(columns, widest_cells(rows)))
+        spare = options.max_width - table_width(columns, rows)
         if spare >= 0:
-            return live_table(*table_cells(folds, layout, bar_width_for(folds, spare)))
+            columns, rows = table_cells(folds, layout, bar_width_for(folds, spare))
+            return live_table(columns, rows, fixed=True)
     return live_table(*table_cells(folds, LAYOUTS[-1], 0))  # narrower than any layout: cells fold
 
 
@@ -264,6 +279,8 @@ def table_cells(folds, layout, bar_width):
             header, justify, cell = forms[form]
             if cell is progress_cell:  # the one cell that depends on the layout: its bar's width
                 cell = partial(progress_cell, bar_width=bar_width)
+            elif cell in (where_cell, short_where_cell):  # and the one that depends on the other rows
+                cell = partial(cell, shared=shared_gpus(folds))
             columns.append((header, justify, cell))
     return [column[:2] for column in columns], [[cell(f) for _, _, cell in columns] for f in folds]
 
@@ -278,12 +295,27 @@ def cells_wide(cell):
     return cell.cell_len if isinstance(cell, Text) else cell_len(cell)
 
 
-def live_table(columns, rows):
+def table_width(columns, rows):
+    """How wide live_table(columns, rows) draws when nothing squeezes it, counted rather
+    than measured by rich (a measure of each layout tried was most of a redraw): each
+    column its widest cell or header plus a space either side, and a rule between and
+    around the columns."""
+    widest = widest_cells(rows)[0] if rows else [""] * len(columns)
+    return sum(max(cell_len(header), cells_wide(cell)) + 2 for (header, _), cell in zip(columns, widest)) \
+        + len(columns) + 1
+
+
+def live_table(columns, rows, fixed=False):
+    """fixed: each column as wide as its widest cell, told to rich, which then measures no
+    cell again; drawing 20 folds a second costs about half as much."""
     table = Table()
-    for header, justify in columns:
-        add_column(table, header, justify)
+    widest = widest_cells(rows)[0] if fixed and rows else None
+    for i, (header, justify) in enumerate(columns):
+        width = max(cell_len(header), cells_wide(widest[i])) if widest else None
+        add_column(table, header, justify, width=width)
     for cells in rows:
-        table.add_row(*cells)
+        # Text, not str: a str cell is parsed for console markup at every redraw.
+        table.add_row(*[cell if isinstance(cell, Text) else Text(cell) for cell in cells])
     return table
 
 

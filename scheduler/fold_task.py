@@ -11,6 +11,8 @@ import os
 import signal
 import socket
 import tempfile
+import threading
+import time
 
 import ray
 
@@ -82,14 +84,51 @@ def lock_dir():
     return os.environ.get(LOCK_DIR_ENV) or tempfile.gettempdir()
 
 
-def claim_device(placement, index):
+class DeviceClaim:
+    """The lock files a fold holds on its device while its task lives; close() releases them."""
+
+    def __init__(self, files):
+        self.files = files
+
+    def close(self):
+        for f in self.files:
+            f.close()
+
+
+def claim_device(placement, index, shares=1):
     """Hold a lock file for the device on this host while the task lives. A held lock means
     two folds were given one chip: Ray 2.7.2 does that when the head was started without
     the NPU system config, and two Ray instances on one host each hand out every chip.
-    Returns the open lock file (keep it open), None on CPU placement."""
+    shares: folds Ray places on the device at once (scheduler.folds_per_gpu): each holds the
+    device's lock shared, which a fold with the device to itself would hold exclusively,
+    and one of `shares` slot locks, so a further fold (another Ray instance) is refused too.
+    Returns the DeviceClaim (keep it until the task ends), None on CPU placement."""
     if index is None:
         return None
-    path = os.path.join(lock_dir(), "lmtcnn-%s%d.lock" % (placement, index))
+    name = os.path.join(lock_dir(), "lmtcnn-%s%d" % (placement, index))
+    lock = _open_lock(name + ".lock", placement, index)
+    try:
+        fcntl.flock(lock, (fcntl.LOCK_SH if shares > 1 else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise RuntimeError(_taken(placement, index))
+    if shares == 1:
+        return DeviceClaim([lock])
+    for slot in range(shares):
+        held = _open_lock("%s-share%d.lock" % (name, slot), placement, index)
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            held.close()
+            continue
+        return DeviceClaim([lock, held])
+    lock.close()
+    raise RuntimeError("%s %d on %s already runs %d folds (scheduler.folds_per_gpu %d): another Ray instance on "
+                       "this host places folds on it too" % (placement.upper(), index, socket.gethostname(), shares,
+                                                             shares))
+
+
+def _open_lock(path, placement, index):
     try:
         # Another user's lock file is opened as it is: with fs.protected_regular (the
         # default of most distributions) O_CREAT on it in /tmp is refused.
@@ -104,16 +143,17 @@ def claim_device(placement, index):
         raise RuntimeError("%s: cannot open the lock of %s %d on %s; let every user read it (chmod 666) or set "
                            "%s to a shared directory" % (path, placement.upper(), index, socket.gethostname(),
                                                          LOCK_DIR_ENV))
-    lock = os.fdopen(fd, "r")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise RuntimeError("%s %d on %s is already used by another fold (another Ray instance on this host, or "
-                           "a Ray 2.7.2 head started without --system-config='{\"custom_unit_instance_resources\":"
-                           "\"neuron_cores,TPU,NPU\"}', which cluster/start-head.sh sets)"
-                           % (placement.upper(), index, socket.gethostname()))
-    return lock
+    return os.fdopen(fd, "r")
+
+
+def _taken(placement, index):
+    where = "%s %d on %s is already used by another fold" % (placement.upper(), index, socket.gethostname())
+    if placement == "gpu":
+        return where + (" (another Ray instance on this host, or a run whose scheduler.folds_per_gpu differs: a "
+                        "fold with a GPU to itself never shares it)")
+    return where + (" (another Ray instance on this host, or a Ray 2.7.2 head started without "
+                    "--system-config='{\"custom_unit_instance_resources\":\"neuron_cores,TPU,NPU\"}', which "
+                    "cluster/start-head.sh sets)")
 
 
 def set_device_env(placement, index):
@@ -144,13 +184,39 @@ def fold_workdir(session, fold, pretend_unshared=False):
 class Reporter:
     """The fold attempt's `report`: tags each event (fold, attempt, host, device, pid, a
     sequence number), writes it to the fold's log.txt once that is open, and sends it to
-    the progress channel; the finished event is kept for the task's result instead."""
+    the progress channel; the finished event is kept for the task's result instead.
+
+    Sending: one actor call costs far more than one event (about 700 calls/s is all 20
+    tasks got through the channel on 2 cores), so events travel in batches. An event goes
+    at once when the task has no call to the channel unanswered, as every step event of a
+    real fold does (they come seconds apart); while one is, step events wait here and a
+    daemon thread sends them as one call when it is answered, or HOLD_S after the first
+    of them came, whichever is first. Every other event (checkpoints, evaluations, the
+    stop, messages) goes at once with whatever waits before it: those are the events a
+    stop, a resume or the stall check relies on. `close` sends what is left and waits
+    until the channel holds it, before the task returns."""
+
+    # The longest a step event waits here while the channel is slow to answer (busy, or
+    # restarting after its process died). Under the driver's POLL_S (0.25 s), so batching
+    # never holds a report back past one turn of the driver's loop and never makes a fold
+    # look quieter to the stall check; long enough that a burst leaves in a few calls.
+    # A worker killed with events waiting loses at most this much of its reports, as it
+    # loses a call still in flight (both show as an earlier last step, never a lost end).
+    HOLD_S = 0.2
+    # The most events in one call: a bound on its size (an event is a few hundred bytes).
+    BATCH_MAX = 500
 
     def __init__(self, fold, attempt, channel, fault_plan):
         self.tags = {"fold": fold, "attempt": attempt, "host": socket.gethostname(),
                      "node_id": ray.get_runtime_context().get_node_id(), "device_label": "", "pid": os.getpid()}
         self.channel, self.fault_plan = channel, fault_plan
         self.sequence, self.log, self.finished, self.stopped = 0, None, {}, False
+        # All sending happens under this lock, so calls leave in sequence order: Ray runs
+        # one caller's calls to an actor in the order they were made, from any thread.
+        self._cond = threading.Condition()
+        self._waiting, self._first_at = [], None  # step events not yet sent; when the first came
+        self._in_flight = None  # the last call to the channel, until it is answered
+        self._flusher, self._closed = None, False
 
     def __call__(self, event):
         from scheduler.dashboard import format_event
@@ -166,8 +232,58 @@ class Reporter:
             self.finished.update(event)
         elif event["event"] != ev.FOLD_FAILED:  # the driver reports failures, retried or final
             self.stopped = self.stopped or event["event"] == ev.FOLD_STOPPED
-            self.channel.push.remote(event)
+            self._send(event, at_once=event["event"] != ev.STEP_DONE)
         faults.after_event(self.fault_plan, event, self.channel)
+
+    def _send(self, event, at_once):
+        with self._cond:
+            if not self._waiting:
+                self._first_at = time.monotonic()
+            self._waiting.append(event)
+            if at_once or self._closed or self._in_flight is None or len(self._waiting) >= self.BATCH_MAX:
+                self._push()
+            if self._flusher is None and not self._closed:
+                self._flusher = threading.Thread(target=self._flush_loop, name="lmtcnn-reporter", daemon=True)
+                self._flusher.start()
+            self._cond.notify()
+
+    def _push(self):
+        """Send what waits as one call (the lock held)."""
+        if self._waiting:
+            batch, self._waiting, self._first_at = self._waiting, [], None
+            self._in_flight = self.channel.push_many.remote(batch)
+
+    def _flush_loop(self):
+        while True:
+            with self._cond:
+                while self._in_flight is None and not self._closed:
+                    self._cond.wait()
+                if self._in_flight is None:  # closed, nothing unanswered
+                    return
+                call = self._in_flight
+                due = self._first_at + self.HOLD_S if self._waiting else time.monotonic() + self.HOLD_S
+            # Outside the lock: the task goes on reporting while the call is answered.
+            try:
+                answered = bool(ray.wait([call], timeout=max(due - time.monotonic(), 0))[0])
+            except Exception:  # Ray shutting down with the worker: send at the due time regardless
+                answered = False
+                time.sleep(max(due - time.monotonic(), 0))
+            with self._cond:
+                if answered and self._in_flight is call:
+                    self._in_flight = None
+                if self._waiting and (self._in_flight is None or time.monotonic() >= self._first_at + self.HOLD_S):
+                    self._push()
+
+    def close(self, timeout):
+        """Send what waits, stop the thread, and wait until the channel holds every event
+        sent (calls from one caller run in order, so its `flush` returns after them).
+        Raises what ray.get raises (the channel lost, or slower than `timeout`)."""
+        with self._cond:
+            self._push()
+            self._closed = True
+            self._cond.notify()
+            done = self.channel.flush.remote()
+        ray.get(done, timeout=timeout)
 
 
 def _allow_cancel():
@@ -202,7 +318,8 @@ def run_fold(config_dict, fold, attempt, session, placement, channel, fault_plan
     try:
         index = device_index(placement)
         report.tags["device_label"] = "CPU" if index is None else "%s%d" % (placement.upper(), index)
-        lock = claim_device(placement, index)
+        shares = config_dict.get("scheduler", {}).get("folds_per_gpu", 1) if placement == "gpu" else 1
+        lock = claim_device(placement, index, shares)
         set_device_env(placement, index)
         return _train_fold(config_dict, fold, attempt, session, placement, report)
     except KeyboardInterrupt:  # cancelled (Ctrl-C on the driver)
@@ -218,7 +335,7 @@ def run_fold(config_dict, fold, attempt, session, placement, channel, fault_plan
             lock.close()
         # The driver records the task's end from its result: progress must be there first.
         try:
-            ray.get(channel.flush.remote(), timeout=30)
+            report.close(timeout=30)
         except Exception:  # a lost channel must not hide how the fold ended
             pass
 
@@ -226,6 +343,7 @@ def run_fold(config_dict, fold, attempt, session, placement, channel, fault_plan
 def _train_fold(config_dict, fold, attempt, session, placement, report):
     from lmtcnn.config import apply_override, build_config
     from scheduler.config import RunConfig
+    from scheduler.placement import gpu_memory_fraction
 
     for key, value in faults.config_overrides(report.fault_plan, fold, attempt).items():
         apply_override(config_dict, "%s=%s" % (key, json.dumps(value)))
@@ -236,6 +354,9 @@ def _train_fold(config_dict, fold, attempt, session, placement, report):
         config.train.cpu_threads = config.scheduler.cpus_per_fold
     if not config.train.preprocess_threads:
         config.train.preprocess_threads = config.scheduler.cpus_per_fold
+    if placement == "gpu" and not config.train.gpu_memory_fraction:
+        # The fold's share of its GPU's memory: lmtcnn knows only the fraction, not why.
+        config.train.gpu_memory_fraction = gpu_memory_fraction(config.scheduler.folds_per_gpu)
     staging = faults.staging(report.fault_plan, fold, attempt)
     workdir, shared = fold_workdir(session, fold, pretend_unshared=staging is not None)
     os.makedirs(workdir, exist_ok=True)
@@ -244,8 +365,14 @@ def _train_fold(config_dict, fold, attempt, session, placement, report):
     with open(os.path.join(workdir, "log.txt"), "a", encoding="utf-8") as report.log:
         visible = {k: os.environ[k] for k in ("ASCEND_RT_VISIBLE_DEVICES", "ASCEND_DEVICE_ID",
                                               "CUDA_VISIBLE_DEVICES") if k in os.environ}
-        report(ev.make(ev.MESSAGE, env=visible, text="%s on %s: %s" % (
-            label, host, " ".join("%s=%s" % kv for kv in sorted(visible.items())) or "no device variables")))
+        said = " ".join("%s=%s" % kv for kv in sorted(visible.items())) or "no device variables"
+        memory = {}
+        if placement == "gpu":  # what the fold's TensorFlow may take of the GPU, as its log must show
+            memory = {"gpu_memory_fraction": config.train.gpu_memory_fraction}
+            fraction, folds = config.train.gpu_memory_fraction, config.scheduler.folds_per_gpu
+            said += "; GPU memory: %s%s" % ("up to %g of it" % fraction if fraction else "grows as needed",
+                                            ", a GPU shared by up to %d folds" % folds if folds > 1 else "")
+        report(ev.make(ev.MESSAGE, env=visible, text="%s on %s: %s" % (label, host, said), **memory))
         if not shared:
             report(ev.make(ev.MESSAGE, not_shared=True,
                            text="%s does not see the run directory %s: fold %d writes to %s and is collected "

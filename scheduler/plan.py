@@ -47,5 +47,18 @@ def plan_table(config, counts, placement, request, run_dir, where):
         c = counts[fold] if counts else None
         table.add_row(str(fold), "%d/%d/%d" % (c["train"], c["val"], c["test"]) if c else "synthetic, made on run",
                       "%s %s" % (placement, format_request(request)), "fold_%d/" % fold)
-    return Group(Text("plan: %s on %s" % (config.name, where)), Text("data: %s" % config.data.data_dir),
-                 Text("run directory: %s" % run_dir), table)
+    lines = [Text("plan: %s on %s" % (config.name, where)), Text("data: %s" % config.data.data_dir),
+             Text("run directory: %s" % run_dir)]
+    if placement == "gpu":
+        lines.append(Text("GPU memory per fold: %s" % gpu_memory_line(config)))
+    return Group(*lines + [table])
+
+
+def gpu_memory_line(config):
+    """What each fold's TensorFlow may take of its GPU, as the fold task will set it."""
+    from scheduler.placement import gpu_memory_fraction
+
+    folds = config.scheduler.folds_per_gpu
+    fraction = config.train.gpu_memory_fraction or gpu_memory_fraction(folds)
+    share = "up to %g of its GPU" % fraction if fraction else "grows as needed"
+    return share + (" (%d folds share each GPU)" % folds if folds > 1 else " (a GPU per fold)")

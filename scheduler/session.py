@@ -18,7 +18,7 @@ from lmtcnn.config import config_to_dict
 from scheduler import collect, faults, rundir
 from scheduler import placement as pl
 from scheduler import state as st
-from scheduler.dashboard import format_event, render
+from scheduler.dashboard import format_event
 from scheduler.watchdog import Heartbeat
 
 CHECK_EVERY_S = 2.0    # placement and stall checks (events are drained more often)
@@ -38,10 +38,12 @@ class Attempt:
 
 
 class Session:
-    def __init__(self, config, run_dir, console, live_mode, resumed, placement, request, info):
+    def __init__(self, config, run_dir, console, live_mode, resumed, placement, request, info, label=""):
         """info: {"run_dir", "run_id", "driver_host"}, handed to every fold task with the
-        run's identity added as "run_key": the one its first session gave, or a new one."""
+        run's identity added as "run_key": the one its first session gave, or a new one.
+        label: a sweep cell's name ("c2"), which starts its plain lines."""
         self.config, self.run_dir, self.console, self.live_mode = config, run_dir, console, live_mode
+        self.label = label
         self.placement, self.request, self.info = placement, request, info
         self.view = st.RunView()
         if resumed:
@@ -52,6 +54,10 @@ class Session:
         self.log = rundir.EventLog(run_dir, on_trouble=self._trouble)
         self.channel = None
         self.pending = {}  # ObjectRef -> Attempt
+        # Fold attempts queued and not yet handed to Ray, (fold, attempt) in the order they
+        # go: the driver releases them (all at once for a run, as slots free for a sweep).
+        self.waiting = []
+        self.done = {}  # fold -> metrics of the folds an earlier session finished (the driver fills it)
         self.stopping = False  # after a stop signal: nothing is retried or resubmitted
         # Fold attempts that have reported and not yet ended: after a stop the driver waits
         # for these to save, since Ray reports a cancelled task before its handler has run.
@@ -100,16 +106,13 @@ class Session:
 
     def say(self, line):
         if not self.live_mode:
-            self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+            self.console.print("%s: %s" % (self.label, line) if self.label else line, highlight=False, markup=False,
+                               soft_wrap=True)
 
     def _trouble(self, text):
         # The event log itself is failing: tell the screen, not the log.
         self.view.notices.append(text)
         self.say("note: " + text)
-
-    def refresh(self, live):
-        if live is not None:
-            live.update(render(self.view, time.time()), refresh=True)
 
     def _attempt(self, key):
         for attempt in self.pending.values():
@@ -170,14 +173,24 @@ class Session:
 
     # -- attempts ----------------------------------------------------------------------
 
-    def submit(self, fold, attempt):
+    def queue(self, fold, attempt, first=False):
+        """Queue a fold attempt for the driver to release; `first`: ahead of the others (a
+        retry should not wait behind folds that have not started)."""
+        self.waiting.insert(0 if first else len(self.waiting), (fold, attempt))
+        self.emit(ev.make(st.FOLD_QUEUED, fold=fold, attempt=attempt))
+
+    def release(self, count=None):
+        """Hand up to `count` queued attempts (all when None) to Ray. Returns how many."""
         from scheduler.fold_task import run_fold
 
         s = self.config.scheduler
-        ref = run_fold.options(**pl.task_options(self.request)).remote(
-            config_to_dict(self.config), fold, attempt, self.info, self.placement, self.channel, self.fault_plan)
-        self.pending[ref] = Attempt(fold, attempt, Heartbeat(s.startup_timeout_s, s.stall_timeout_s))
-        self.emit(ev.make(st.FOLD_QUEUED, fold=fold, attempt=attempt))
+        released = self.waiting[:count] if count is not None else self.waiting
+        self.waiting = self.waiting[len(released):]
+        for fold, attempt in released:
+            ref = run_fold.options(**pl.task_options(self.request)).remote(
+                config_to_dict(self.config), fold, attempt, self.info, self.placement, self.channel, self.fault_plan)
+            self.pending[ref] = Attempt(fold, attempt, Heartbeat(s.startup_timeout_s, s.stall_timeout_s))
+        return len(released)
 
     def check(self, now, force=False):
         """Every CHECK_EVERY_S: cancel stalled attempts; fail those no alive node can hold
@@ -305,7 +318,7 @@ class Session:
         if retryable and self.retries[a.fold] < s.max_retries:
             self.retries[a.fold] += 1
             self.emit(ev.make(st.FOLD_RETRYING, fold=a.fold, attempt=a.attempt + 1, reason=reason))
-            self.submit(a.fold, a.attempt + 1)
+            self.queue(a.fold, a.attempt + 1, first=True)
             return
         if retryable:
             reason += "; no retries left (scheduler.max_retries %d in this session)" % s.max_retries

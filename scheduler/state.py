@@ -41,6 +41,7 @@ class FoldView:
     rate_origin: Optional[tuple] = None
     steps_per_s: Optional[float] = None
     wall_s: Optional[float] = None
+    label: str = ""  # how the live view names the row when not by its fold alone (a sweep's "c2/3")
 
 
 @dataclass

@@ -561,3 +561,19 @@ def test_status_table_fits_with_every_note_whole(width):
     for note in ("age top-1 52.30%, gender 81.20%, 30:34", "DataLossError: corrupted record at 1234",
                  "WorkerCrashedError (attempt 1)"):
         assert note in squeezed, text
+
+
+@pytest.mark.parametrize("layout", dashboard.LAYOUTS)
+def test_the_counted_table_width_is_the_width_rich_draws(layout):
+    # The live view counts each layout's width instead of asking rich to measure it; a
+    # count that drifted from rich's drawing would cut cells or waste the bar's room.
+    from scheduler.widths import UNLIMITED
+
+    folds = list(build_view(script()).folds.values())
+    console = Console(width=UNLIMITED, file=io.StringIO(), color_system=None)
+    for bar in (0, dashboard.BAR_WIDTH):
+        columns, rows_ = dashboard.table_cells(folds, layout, bar)
+        for fixed in (False, True):
+            drawn = console.render_lines(dashboard.live_table(columns, rows_, fixed=fixed), pad=False)
+            assert max(cell_len("".join(s.text for s in line)) for line in drawn) == dashboard.table_width(
+                columns, rows_)
