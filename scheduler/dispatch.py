@@ -28,10 +28,11 @@ def slots(request, nodes):
 
 
 class Dispatcher:
-    def __init__(self, sessions, request, throttle):
+    def __init__(self, sessions, request, throttle, nodes=pl.alive_nodes):
         """sessions: in the order their folds should run. throttle: False hands every queued
-        attempt to Ray at once (a run), True only as many as there are free slots (a sweep)."""
-        self.sessions, self.request, self.throttle = sessions, request, throttle
+        attempt to Ray at once (a run), True only as many as there are free slots (a sweep).
+        nodes: what returns the alive nodes (Ray's, unless a test gives its own)."""
+        self.sessions, self.request, self.throttle, self.nodes = sessions, request, throttle, nodes
         self.slots, self.counted = None, 0.0
 
     def release(self):
@@ -41,7 +42,7 @@ class Dispatcher:
             return
         now = time.monotonic()
         if self.slots is None or now - self.counted >= RECOUNT_S:
-            self.slots, self.counted = slots(self.request, pl.alive_nodes()), now
+            self.slots, self.counted = slots(self.request, self.nodes()), now
         if not self.slots:
             # No alive node can hold a fold: hand them all to Ray, whose queue keeps them for
             # a node that joins, while each fold's own unplaceable timeout runs.

@@ -77,7 +77,9 @@ def ray_init_local(**resources):
     options = dict(num_cpus=2, log_to_driver=False, include_dashboard=False)
     if tuple(int(x) for x in ray.__version__.split(".")[:2]) < (2, 10):
         options["_system_config"] = NPU_SYSTEM_CONFIG
-    ray.init(resources=resources or None, **options)
+    # "local": a new instance even when `ray start` left one on this machine (ray.init()
+    # alone would join that one, or fail on its stale address).
+    ray.init(address="local", resources=resources or None, **options)
 
 
 class EventTail:

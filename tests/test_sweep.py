@@ -1,11 +1,11 @@
 """`python -m scheduler sweep`: a grid of whole cross-validations under one driver.
 
 The real sweep below is made certain on any CPU by fault rules (scheduler/faults.py),
-which match a fold and attempt in every cell alike: each cell's fold 1 is killed after
-its checkpoint at step 4 and its retry is held after step 8. With two slots, the first
-cell's retry must start before the second cell's fold 1 (a sweep releases folds in cell
-order, retries first; Ray's own queue would start the second cell's folds first), and
-the Ctrl-C lands with both fold 0s finished and both fold 1s held at a known step.
+which match a fold and attempt in every cell alike: each cell's fold 1 is held after its
+checkpoint at step 4, so the Ctrl-C lands with both fold 0s finished and both fold 1s
+at a known step, and --resume finishes them from there. The order in which a sweep hands
+folds to Ray (cell by cell, a retry ahead of folds not yet started) is tested on the
+dispatcher itself, with the cluster's nodes given as data.
 """
 
 import json
@@ -22,6 +22,7 @@ from scheduler.__main__ import main
 from scheduler.dispatch import slots
 
 STEPS = 8
+HELD_AT = 4
 
 
 def write(path, text):
@@ -102,6 +103,45 @@ def test_slots_count_what_the_alive_nodes_hold_at_once():
     assert slots({"CPU": 1, "GPU": 1}, [{"Resources": {"CPU": 8}}]) == 0
 
 
+class Cell:
+    """What the dispatcher sees of a session: its queue and the attempts it handed to Ray."""
+
+    def __init__(self, folds):
+        self.waiting, self.pending = [(k, 1) for k in folds], {}
+
+    def release(self, count=None):
+        taken = self.waiting[:count] if count is not None else self.waiting
+        self.waiting = self.waiting[len(taken):]
+        self.pending.update((item, None) for item in taken)
+        return len(taken)
+
+
+def test_a_sweep_releases_cell_by_cell_and_a_retry_first():
+    from scheduler.dispatch import Dispatcher
+
+    nodes = [{"Resources": {"CPU": 2}}]
+    first, second = Cell([0, 1]), Cell([0, 1])
+    dispatcher = Dispatcher([first, second], {"CPU": 1}, throttle=True, nodes=lambda: nodes)
+    dispatcher.release()
+    assert list(first.pending) == [(0, 1), (1, 1)] and second.pending == {}  # two slots: the first cell's
+    del first.pending[(1, 1)]  # its fold 1 was lost; the session queues the retry ahead
+    first.waiting.insert(0, (1, 2))
+    dispatcher.release()
+    assert (1, 2) in first.pending and second.pending == {}
+    del first.pending[(0, 1)]
+    dispatcher.release()
+    assert list(second.pending) == [(0, 1)] and second.waiting == [(1, 1)]
+    # No alive node can hold a fold: all go to Ray, where each fold's unplaceable timeout runs.
+    nodes[:] = [{"Resources": {"CPU": 0.5}}]
+    dispatcher.slots = None
+    dispatcher.release()
+    assert second.waiting == [] and (1, 1) in second.pending
+    # A run hands Ray every queued fold at once.
+    run = Cell([0, 1, 2, 3, 4])
+    Dispatcher([run], {"CPU": 1}, throttle=False, nodes=lambda: [{"Resources": {"CPU": 1}}]).release()
+    assert len(run.pending) == 5
+
+
 # --- the live view -------------------------------------------------------------------------
 
 def test_the_live_view_groups_folds_by_cell_and_fits_80_columns(tmp_path):
@@ -160,11 +200,10 @@ def start(args, faults=None):
 @pytest.fixture(scope="module")
 def interrupted_sweep(prepared, tmp_path_factory):
     """(sweep dir, the driver's output) of a sweep stopped by Ctrl-C with each cell's fold 0
-    finished and fold 1's retry held after step 8."""
+    finished and its fold 1 held after its checkpoint at step 4."""
     tmp_path = tmp_path_factory.mktemp("sweep")
     faults = write(tmp_path / "faults.json", json.dumps([
-        {"fold": 1, "attempt": 1, "event": "checkpoint_saved", "step": 4, "action": "crash"},
-        {"fold": 1, "attempt": 2, "event": "checkpoint_saved", "step": STEPS, "action": "hold"}]))
+        {"fold": 1, "attempt": 1, "event": "checkpoint_saved", "step": HELD_AT, "action": "hold"}]))
     sweep_dir = str(tmp_path / "the-sweep")
     driver = start([sweep_file(tmp_path, prepared), "--sweep-dir", sweep_dir], faults)
     try:
@@ -175,8 +214,8 @@ def interrupted_sweep(prepared, tmp_path_factory):
             story = [events_of(os.path.join(sweep_dir, d)) for d in cells]
             if len(story) == 2 and all(
                     any(e["event"] == "fold_finished" and e["fold"] == 0 for e in events)
-                    and any(e["event"] == "checkpoint_saved" and e["fold"] == 1 and e["attempt"] == 2
-                            and e["step"] == STEPS for e in events) for events in story):
+                    and any(e["event"] == "checkpoint_saved" and e["fold"] == 1 and e["step"] == HELD_AT
+                            for e in events) for events in story):
                 break
             time.sleep(0.2)
         else:
@@ -190,24 +229,23 @@ def interrupted_sweep(prepared, tmp_path_factory):
     return sweep_dir, output
 
 
-def test_cells_run_in_order_retries_first_and_ctrl_c_keeps_every_cell(interrupted_sweep):
+def test_cells_run_in_order_and_ctrl_c_keeps_every_cell(interrupted_sweep):
     sweep_dir, output = interrupted_sweep
     record = json.load(open(os.path.join(sweep_dir, "sweep.json")))
     cells = [os.path.join(sweep_dir, c["dir"]) for c in record["cells"]]
     assert [c["overrides"] for c in record["cells"]] == [{"train.learning_rate": 0.01}, {"train.learning_rate": 0.02}]
     first, second = (events_of(c) for c in cells)
 
-    def started(events, fold, attempt):
-        return next(e["time"] for e in events if e["event"] == "fold_started" and e["fold"] == fold
-                    and e["attempt"] == attempt)
+    def when(events, kind, fold):
+        return next(e["time"] for e in events if e["event"] == kind and e["fold"] == fold)
 
-    assert started(first, 1, 2) < started(second, 1, 1)  # the retry went ahead of the next cell's folds
+    # Two slots, both taken by the first cell; the second cell began as its fold 0 ended.
+    assert when(second, "fold_started", 0) > when(first, "fold_finished", 0)
     for events in (first, second):
-        assert [e["event"] for e in events if e["event"] in ("fold_retrying", "run_interrupted")] == [
-            "fold_retrying", "run_interrupted"]
-        assert any(e["event"] == "fold_stopped" and e["fold"] == 1 and e["step"] == STEPS for e in events)
+        assert events[-1]["event"] == "run_interrupted"
+        assert [(e["fold"], e["step"]) for e in events if e["event"] == "fold_stopped"] == [(1, HELD_AT)]
     assert "resume with: python -m scheduler sweep --resume %s" % sweep_dir in output
-    assert "c2: fold 1 try 2" in output  # plain lines name their cell
+    assert "c2: fold 1 try 1" in output  # plain lines name their cell
 
 
 def test_resume_finishes_only_what_is_missing_then_one_row_per_cell(interrupted_sweep, capsys):
@@ -221,7 +259,7 @@ def test_resume_finishes_only_what_is_missing_then_one_row_per_cell(interrupted_
     for cell, skip in zip(cells, before):
         later = events_of(cell)[skip:]
         assert [e["fold"] for e in later if e["event"] == "fold_skipped"] == [0]
-        assert [(e["fold"], e["start_step"]) for e in later if e["event"] == "fold_started"] == [(1, STEPS)]
+        assert [(e["fold"], e["start_step"]) for e in later if e["event"] == "fold_started"] == [(1, HELD_AT)]
     results = json.load(open(os.path.join(sweep_dir, "results.json")))
     assert [(r["cell"], r["finished_folds"]) for r in results["cells"]] == [("c1", 2), ("c2", 2)]
     means = [r["summary"]["age_top1"]["mean"] for r in results["cells"]]
