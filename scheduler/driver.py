@@ -25,6 +25,7 @@ POLL_S = 0.25
 # The live view is redrawn at most this often: a human reads no faster, and a redraw of
 # twenty folds costs a few tens of milliseconds of the driver's CPU (docs/BENCHMARKS.md).
 REFRESH_S = 1.0
+REPORT_SKIPPED = "report skipped"
 NPU_SYSTEM_CONFIG = {"custom_unit_instance_resources": "neuron_cores,TPU,NPU"}
 
 
@@ -335,7 +336,10 @@ def _drive(jobs, console, live_mode, placement, request, where, node_count, repo
                       soft_wrap=True)
     if report:
         for session in sessions:
-            console.print(_write_report(session.run_dir, session.view), highlight=False, soft_wrap=True)
+            line = _write_report(session.run_dir, session.view)
+            console.print(line, highlight=False, soft_wrap=True)
+            if line.startswith(REPORT_SKIPPED):  # a Ctrl-C while drawing skips the other cells' reports too
+                break
     if outcome == "interrupted":
         return 130
     return 0 if all(row["state"] == "done" for results, _ in written for row in results["folds"]) else 1
@@ -445,7 +449,7 @@ def _write_report(run_dir, view):
     try:
         return "report: %s" % write_report(run_dir, view, alive=False)
     except KeyboardInterrupt:  # Ctrl-C while drawing: everything that matters is written
-        return "report skipped; make it with: python -m scheduler report %s" % run_dir
+        return REPORT_SKIPPED + "; make it with: python -m scheduler report %s" % run_dir
     except Exception as e:  # a figure's bug, a full disk: the results are safe either way
         return "report not written (%s: %s); make it with: python -m scheduler report %s" % (
             type(e).__name__, e, run_dir)

@@ -81,7 +81,7 @@ def load_sweep(path, overrides=()):
     for key, value in _mapping(spec, "set", path).items():
         _set(raw, key, value, path, "set")
         build_config(raw, RunConfig, origin="%s: set %s" % (path, key))
-    for item in overrides:  # --set on the command line: scheduler keys only, for every cell
+    for item in overrides:  # --set on the command line: for every cell, after the file's `set`
         key, value = _split_override(item)
         _set(raw, key, value, "--set", item)
         build_config(raw, RunConfig, origin="--set %s" % item)
