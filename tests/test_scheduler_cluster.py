@@ -32,7 +32,9 @@ def node_of(workers, node_id):
     return next(w for w in workers if w.raylet_socket_name == sockets[node_id])
 
 
-@pytest.mark.matrix
+# In the fault matrix (`make test-faults`) alone: a multi-node cluster and a lost node cost
+# half a minute, and `make test` must stay under 10 minutes a lane.
+@pytest.mark.faults
 def test_fold_of_a_lost_node_finishes_on_another(prepared, tmp_path, cluster, monkeypatch, fault_record):
     cluster, workers = cluster
     run_dir = tmp_path / "run"
