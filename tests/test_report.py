@@ -108,7 +108,9 @@ def test_total_rate_sums_the_running_attempts(cv_runs):
     series = total_rate(h)
     assert series[-1][1] == 0.0  # every attempt has ended
     peak = max(rate for _, rate in series)
-    assert peak > max(s[4] for a in h.attempts.values() for s in a.steps)  # two folds ran at once
+    # Never below one attempt's own rate; above it where two folds' steps overlapped, which
+    # a slow machine (one fold still starting while the other trains) does not promise.
+    assert peak >= max(s[4] for a in h.attempts.values() for s in a.steps)
 
 
 def test_a_failed_fold_is_named_with_its_reason(cv_runs):
